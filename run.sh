@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main command: sets up the environment if needed, then opens JupyterLab on the
+# tour notebook. `bash run.sh --headless` runs every notebook top to bottom instead
+# and writes an HTML copy of each to notebooks/_html/.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/env.sh
+if [ "${1:-}" = "--headless" ]; then
+  shift
+  exec python -m workbench.notebooks "$@"
+fi
+exec jupyter lab --ip=127.0.0.1 notebooks/00_tour.ipynb "$@"

@@ -1,0 +1,33 @@
+# Sourced by run.sh, test.sh and .ci/run: makes (once) and activates the venv.
+#
+# The venv lives outside the clone, keyed by a hash of pyproject.toml, so a fresh
+# clone on a machine that already built the same stack reuses it (CI clones anew
+# each run), while any change to the dependencies builds a new one.
+set -euo pipefail
+EWB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_hash=$(sha256sum "$EWB_ROOT/pyproject.toml" | cut -c1-12)
+EWB_VENV="${EWB_VENV:-$HOME/.cache/edge-workbench/venv-$_hash}"
+_py="${EWB_PYTHON:-python3.11}"
+command -v "$_py" >/dev/null || _py=python3
+
+if [ ! -f "$EWB_VENV/.complete" ]; then
+  echo "edge-workbench: building the Python environment in $EWB_VENV (about 2 minutes, once)" >&2
+  rm -rf "$EWB_VENV"
+  "$_py" -m venv "$EWB_VENV"
+  "$EWB_VENV/bin/python" -m pip install -q --upgrade pip wheel
+  # torch first and exact: the local CPU wheel; anything looser pulls CUDA builds.
+  "$EWB_VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$EWB_VENV/bin/python" -m pip install -q -e "$EWB_ROOT[notebook,sweep,bundle,test]"
+  touch "$EWB_VENV/.complete"
+fi
+# Point the (shared) venv's editable install at this clone; cheap when it already does.
+if ! "$EWB_VENV/bin/python" - "$EWB_ROOT" <<'PY' 2>/dev/null
+import sys, pathlib, workbench
+sys.exit(0 if pathlib.Path(workbench.__file__).resolve().parent.parent == pathlib.Path(sys.argv[1]).resolve() else 1)
+PY
+then
+  "$EWB_VENV/bin/python" -m pip install -q --no-deps -e "$EWB_ROOT"
+fi
+export PATH="$EWB_VENV/bin:$PATH"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export TF_CPP_MIN_LOG_LEVEL=3

@@ -1,0 +1,27 @@
+"""The exceptions the core raises: each names the input at fault and the fix."""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base of every error the workbench raises on purpose.
+
+    `message` says what is wrong (naming the input and what was expected);
+    `hint` says what to do about it. Both reach the user as they are: in a
+    panel's error card, and as `{"error": ..., "hint": ...}` from the CLI.
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message
+
+    def to_json(self) -> dict:
+        return {"error": self.message, "hint": self.hint, "kind": type(self).__name__}
+
+
+class BlueprintError(WorkbenchError):
+    """An architecture that cannot be read, edited as asked, or built."""
