@@ -302,9 +302,10 @@ class Blueprint:
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type")
             check(kind in families.SUPPORTED_ROPE_TYPES, "rope_scaling",
-                  f"rope_type {kind!r} is not one our RoPE computes exactly",
-                  f"use one of {', '.join(families.SUPPORTED_ROPE_TYPES)}; other scalings "
-                  "(yarn, dynamic, longrope) are not supported yet")
+                  f"rope_type {kind!r} is not supported: our RoPE reproduces transformers' "
+                  f"{', '.join(families.SUPPORTED_ROPE_TYPES)} exactly, and no other",
+                  f"use one of {', '.join(families.SUPPORTED_ROPE_TYPES)}, or pick a checkpoint without "
+                  "this scaling (yarn, dynamic and longrope are not supported yet)")
             need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                                                       "original_max_position_embeddings")}.get(kind, ())
             missing = [k for k in need if k not in self.rope_scaling]

@@ -8,7 +8,10 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any
 
-from litert_torch.generative.layers import model_config as cfg
+from workbench._quiet import import_stack
+
+import_stack()
+from litert_torch.generative.layers import model_config as cfg  # noqa: E402
 
 if TYPE_CHECKING:
     from workbench.blueprint import Blueprint, LayerSpec

@@ -113,6 +113,9 @@ def family(model_type: str) -> Family:
 def _class_defaults(model_type: str) -> dict[str, Any]:
     """Defaults of transformers' own config class, so a field missing from config.json
     means what it means to transformers (e.g. Llama's untied vs Gemma's tied head)."""
+    from workbench._quiet import import_stack
+
+    import_stack()
     from transformers import CONFIG_MAPPING
 
     cls = CONFIG_MAPPING[model_type]

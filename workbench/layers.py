@@ -19,6 +19,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from workbench._quiet import import_stack
+
+import_stack()
 from litert_torch.generative.layers import attention, builder
 from litert_torch.generative.layers import attention_utils
 from litert_torch.generative.layers import kv_cache as kv_utils

@@ -1,0 +1,52 @@
+"""Shared fixtures: the shipped samples and their transformers twins, loaded once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = {name: ROOT / "sample_models" / f"{name}-tiny" for name in ("llama", "qwen2", "gemma")}
+
+
+@pytest.fixture(scope="session")
+def samples() -> dict[str, Path]:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def hf_models():
+    """transformers' own model of each sample, in fp32 eval mode (loaded on first use)."""
+    from workbench._quiet import import_stack
+
+    import_stack()
+    from transformers import AutoModelForCausalLM
+
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = AutoModelForCausalLM.from_pretrained(SAMPLES[name], dtype="float32").eval()
+        return cache[name]
+
+    return get
+
+
+def make_hf_checkpoint(tmp: Path, config, seed: int = 0) -> Path:
+    """Saves a tiny random transformers model (every parameter perturbed) to `tmp`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp)
+    return tmp

@@ -1,0 +1,47 @@
+"""Quiet imports of the heavy stack.
+
+Importing litert_torch / transformers prints pages of noise (absl, oneDNN, torchao's
+missing CUDA kernels, deprecation warnings) that says nothing to our users. The
+first import of each happens under `quiet()`; everything after prints as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silences Python and C-level stderr, and warnings, for the duration."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (some embedded interpreters)
+        saved = None
+    try:
+        if saved is not None:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_stack() -> None:
+    """Imports torch, transformers' config registry and litert-torch's layers, quietly."""
+    if "litert_torch.generative.layers.model_config" in sys.modules:
+        return
+    with quiet():
+        import transformers.models.auto.configuration_auto  # noqa: F401
+        import litert_torch.generative.layers.model_config  # noqa: F401
+        import litert_torch.generative.utilities.model_builder  # noqa: F401

@@ -1,0 +1,124 @@
+"""`edge-workbench`: every step as a subcommand.
+
+The rule for every subcommand: human text by default; with `--json`, exactly one
+JSON object on stdout; on failure a non-zero exit and, with `--json`,
+`{"error": ..., "hint": ...}` on stdout (the message goes to stderr as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from workbench.errors import WorkbenchError
+
+EXIT_ERROR = 1  # the input was wrong: the message says how to fix it
+EXIT_CRASH = 3  # a bug or an environment failure: the message carries the exception
+
+
+def _human_bytes(n: int) -> str:
+    from workbench.blueprint import _human
+
+    return _human(n)
+
+
+# ---- blueprint ------------------------------------------------------------------
+def cmd_blueprint(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench import configs
+    from workbench.blueprint import Blueprint
+
+    bp = Blueprint.from_hf(args.hf_dir)
+    if args.kv is not None:
+        bp.set("kv_cache_length", args.kv)
+    s = bp.summary()
+    problems = bp.problems()
+    try:
+        config = configs.to_jsonable(configs.model_config(bp))
+    except (KeyError, ValueError, TypeError):
+        config = None  # a knob so wrong that no ModelConfig can hold it; problems say which
+    out = {
+        "family": bp.family,
+        "name": bp.name,
+        "params": s.params,
+        "params_by_block": s.params_by_block,
+        "problems": [str(p) for p in problems],
+        "config": config,
+        "memory": {"weights_bytes": s.weights_bytes, "kv_cache_bytes": s.kv_cache_bytes,
+                   "kv_cache_length": s.kv_cache_length},
+        "decode_flops_per_token": s.decode_flops_per_token,
+        "uses_workbench_layers": bp.needs_own_layers() if not problems else None,
+        "blueprint": bp.to_json(),
+    }
+    lines = [
+        f"{bp.name} ({bp.family}): {bp.num_layers} layers, hidden {bp.hidden_size}, "
+        f"{bp.layer.num_heads} heads / {bp.layer.num_kv_heads} KV heads, vocab {bp.vocab_size}",
+        f"parameters: {s.params:,}  ("
+        + ", ".join(f"{k} {v:,}" for k, v in s.params_by_block.items()) + ")",
+        "weights:    " + ", ".join(f"{k} {_human_bytes(v)}" for k, v in s.weights_bytes.items()),
+        f"KV cache:   {_human_bytes(s.kv_cache_bytes)} for {s.kv_cache_length} tokens ({bp.kv_cache_dtype})",
+    ]
+    lines += ["problems:"] + [f"  - {p}" for p in problems] if problems else ["problems:   none"]
+    return out, "\n".join(lines)
+
+
+def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench import families
+
+    rows = [{"model_type": f.model_type, "example": f.example, "features": list(f.features)}
+            for f in families.FAMILIES.values()]
+    text = "\n".join(f"{r['model_type']:<10} litert-torch example: {r['example']}\n"
+                     f"{'':<10} {', '.join(r['features'])}" for r in rows)
+    return {"families": rows}, text
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
+    "blueprint": cmd_blueprint,
+    "families": cmd_families,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-workbench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("blueprint", help="read an HF config.json: litert-torch config, size, problems")
+    b.add_argument("hf_dir", help="a Hugging Face model folder (holding config.json)")
+    b.add_argument("--kv", type=int, default=None, help="KV cache length for the memory figures")
+    b.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    f = sub.add_parser("families", help="the decoder families that can be imported")
+    f.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return p
+
+
+def emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        out, text = COMMANDS[args.command](args)
+    except WorkbenchError as e:
+        print(f"edge-workbench {args.command}: {e}", file=sys.stderr)
+        if args.json:
+            emit({"error": e.message, "hint": e.hint})
+        return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - the CLI's contract is a JSON error, never a bare traceback
+        import traceback
+
+        traceback.print_exc()
+        if args.json:
+            emit({"error": f"{type(e).__name__}: {e}", "hint": "this is a bug in Edge Workbench: please report it "
+                  "with the command and the traceback above"})
+        return EXIT_CRASH
+    if args.json:
+        emit(out)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
