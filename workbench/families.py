@@ -54,6 +54,8 @@ class Family:
     knobs: dict[str, Any]  # knob values the architecture fixes (not read from config)
     features: tuple[str, ...]
     tensor_names: dict[str, str] = dataclasses.field(default_factory=lambda: dict(_HF_DECODER_NAMES))
+    # The config field transformers' modeling code reads the activation from.
+    activation_field: str = "hidden_act"
 
 
 FAMILIES: dict[str, Family] = {
@@ -90,6 +92,7 @@ FAMILIES: dict[str, Family] = {
                       "scaled embeddings", "tied embeddings"),
             tensor_names={**_HF_DECODER_NAMES, "pre_ff_norm": "model.layers.{}.pre_feedforward_layernorm",
                           "post_ff_norm": "model.layers.{}.post_feedforward_layernorm"},
+            activation_field="hidden_activation",
         ),
     )
 }
@@ -168,10 +171,10 @@ def read_hf_config(raw: dict) -> tuple[dict[str, Any], dict[str, Any], dict[int,
     fam = family(model_type)
     d = {**_class_defaults(model_type), **raw}
 
-    act_name = _first(d, "hidden_activation", "hidden_act", default="silu")
+    act_name = d.get(fam.activation_field) or "silu"
     if act_name not in ACTIVATIONS_FROM_HF:
         raise BlueprintError(
-            f"config.json hidden_act={act_name!r} has no litert-torch activation "
+            f"config.json {fam.activation_field}={act_name!r} has no litert-torch activation "
             f"(known: {', '.join(sorted(ACTIVATIONS_FROM_HF))})",
             hint="litert-torch's feed-forward builders cannot express this activation",
         )
