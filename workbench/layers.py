@@ -228,3 +228,15 @@ def count_params(model: nn.Module) -> int:
     for p in model.parameters():
         seen.setdefault(p.data_ptr(), p.numel())
     return sum(seen.values())
+
+
+def module_tree(model: nn.Module, depth: int = 2) -> list[tuple[str, str, int]]:
+    """(path, class name, parameters) of the model's modules down to `depth`, paths as
+    litert-torch names them (`transformer_blocks.0.atten_func`), ready to paste into code."""
+    rows = []
+    for name, mod in model.named_modules():
+        level = 0 if not name else name.count(".") + 1
+        if 0 < level <= depth:
+            n = sum(p.numel() for p in mod.parameters())
+            rows.append((name, type(mod).__name__, n))
+    return rows
