@@ -9,4 +9,6 @@ if [ "${1:-}" = "--headless" ]; then
   shift
   exec python -m workbench.notebooks "$@"
 fi
-exec jupyter lab --ip=127.0.0.1 notebooks/00_tour.ipynb "$@"
+root_flag=()
+[ "$(id -u)" = 0 ] && root_flag=(--allow-root)   # containers often run as root
+exec jupyter lab --ip=127.0.0.1 "${root_flag[@]}" notebooks/00_tour.ipynb "$@"

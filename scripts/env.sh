@@ -20,6 +20,13 @@ if [ ! -f "$EWB_VENV/.complete" ]; then
   "$EWB_VENV/bin/python" -m pip install -q -e "$EWB_ROOT[notebook,sweep,bundle,test]"
   touch "$EWB_VENV/.complete"
 fi
+# Debian's Chromium for the browser tests and screenshots (Playwright drives it; it
+# never downloads a browser of its own). Installed when we can; tests skip without it.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "edge-workbench: installing Debian's chromium for the browser tests" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "edge-workbench: could not install chromium; browser tests will be skipped" >&2
+fi
 # Point the (shared) venv's editable install at this clone; cheap when it already does.
 if ! "$EWB_VENV/bin/python" - "$EWB_ROOT" <<'PY' 2>/dev/null
 import sys, pathlib, workbench

@@ -67,6 +67,13 @@ def _to_widget(widget: W.Widget, value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict) else repr(value)
 
 
+def _flops(n: int) -> str:
+    for unit, scale in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} FLOP"
+
+
 def parse_text(field: str, text: str) -> Any:
     """A Text field's content as the knob's value: '' is None; the core checks the rest."""
     text = text.strip()
@@ -266,14 +273,15 @@ class BuilderPanel(W.VBox):
         self.problems = probs
         self.params = s.params
         self.can_build = not probs
-        self.title.value = (f"<h3 style='margin:4px 0'>Builder — {html.escape(bp.name or bp.family)} "
-                            f"<code>{html.escape(bp.family)}</code></h3>")
+        name = html.escape(bp.name or bp.family)
+        family = f" <code>{html.escape(bp.family)}</code>" if bp.family != (bp.name or bp.family) else ""
+        self.title.value = f"<h3 style='margin:4px 0'>Builder — {name}{family}</h3>"
         human = core._human
         self.summary_html.value = (
             f"<div class='ewb-summary'><b style='font-size:1.3em'>{s.params:,}</b> parameters<br>"
             "weights: " + ", ".join(f"{k} <b>{human(v)}</b>" for k, v in s.weights_bytes.items()) +
             f"<br>KV cache: <b>{human(s.kv_cache_bytes)}</b> for {s.kv_cache_length:,} tokens "
-            f"({html.escape(bp.kv_cache_dtype)})<br>decode: {s.decode_flops_per_token / 1e9:.3g} GFLOP/token</div>")
+            f"({html.escape(bp.kv_cache_dtype)})<br>decode: {_flops(s.decode_flops_per_token)} per token</div>")
         fig = plots.params_by_block(s)
         with self.figure.batch_update():
             self.figure.data[0].y = fig.data[0].y
