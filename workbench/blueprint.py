@@ -453,12 +453,15 @@ class Blueprint:
 
         return configs.to_jsonable(self.model_config())
 
-    def build(self, kv_cache_length: Optional[int] = None):
-        """Builds the model from litert-torch blocks (random weights; the mapping loads real ones).
+    def build(self, kv_cache_length: Optional[int] = None, meta: bool = False):
+        """Builds the model from litert-torch blocks; its masks are sized for `kv_cache_length`
+        (default: the blueprint's).
 
-        Its masks are sized for `kv_cache_length` (default: the blueprint's).
+        Weights are litert-torch's initial values until a mapping loads the checkpoint's;
+        with meta=True they are not allocated at all (the mapping fills them one by one).
         """
         config = self.model_config()
+        import torch
         from litert_torch.generative.utilities import model_builder
         from workbench import layers
 
@@ -467,15 +470,23 @@ class Blueprint:
             raise BlueprintError(f"kv_cache_length {kv} exceeds max_seq_len {self.max_seq_len}",
                                  hint=f"use a KV cache of at most {self.max_seq_len} tokens")
         cls = layers.Decoder if self.needs_own_layers() else model_builder.DecoderOnlyModel
-        model = cls(config, mask_cache_size=kv)
+        if meta:
+            with torch.device("meta"):
+                model = cls(config, mask_cache_size=0)
+            model.build_mask_cache(kv)  # masks are attributes, not parameters: real tensors
+        else:
+            model = cls(config, mask_cache_size=kv)
         return model.eval()
 
-    def to_python(self, tensor_names: Optional[dict] = None) -> str:
-        """A readable, runnable module that re-authors this model with litert-torch."""
+    def to_python(self, tensor_names: Optional[dict] = None, mapping=None) -> str:
+        """A readable, runnable module that re-authors this model with litert-torch.
+
+        `tensor_names` (a mapping's patterns) replace the family's defaults; a mapping with
+        per-row edits or transposed sources adds the small loader they need."""
         self._raise_problems()
         from workbench import codegen
 
-        return codegen.blueprint_module(self, tensor_names)
+        return codegen.blueprint_module(self, tensor_names, mapping)
 
     def tensor_names(self) -> dict[str, Optional[str]]:
         """The family's default litert-torch TensorNames (the mapping step refines them)."""

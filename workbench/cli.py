@@ -63,6 +63,32 @@ def cmd_blueprint(args: argparse.Namespace) -> tuple[dict, str]:
     return out, "\n".join(lines)
 
 
+def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.blueprint import Blueprint
+    from workbench.mapping import Mapping
+
+    if args.mapping:
+        m = Mapping.open(args.mapping, checkpoint=args.hf_dir)
+    else:
+        m = Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
+    entries = m.table()
+    out = {
+        "tensor_names": {k: v for k, v in m.tensor_names.items() if v},
+        "entries": [e.to_json() for e in entries],
+        "problems": m.problems(),
+        "unused": m.unused(),
+        "unused_harmless": m.unused(harmless=True),
+        "counts": m.counts(),
+        "notes": sorted({e.hint for e in entries if e.status == "ok" and "converted" in e.hint}),
+    }
+    width = max((len(e.target) for e in entries), default=10)
+    lines = [f"{len(m.checkpoint.tensors)} source tensors -> {sum(1 for e in entries if e.target)} parameters: "
+             + ", ".join(f"{k} {v}" for k, v in out["counts"].items())]
+    lines += [f"  {e.target or '(unused)':<{width}}  {e.status:<13} {e.source}" for e in entries]
+    lines += ["problems:"] + [f"  - {p}" for p in out["problems"]] if out["problems"] else ["problems: none"]
+    return out, "\n".join(lines)
+
+
 def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench import families
 
@@ -76,6 +102,7 @@ def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "blueprint": cmd_blueprint,
     "families": cmd_families,
+    "map": cmd_map,
 }
 
 
@@ -86,6 +113,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("hf_dir", help="a Hugging Face model folder (holding config.json)")
     b.add_argument("--kv", type=int, default=None, help="KV cache length for the memory figures")
     b.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    m = sub.add_parser("map", help="propose and check the weight mapping of an HF checkpoint")
+    m.add_argument("hf_dir", help="a Hugging Face model folder (config.json and weights)")
+    m.add_argument("--mapping", default=None, help="a saved mapping (JSON) to check instead of proposing one")
+    m.add_argument("--json", action="store_true", help="one JSON object on stdout")
     f = sub.add_parser("families", help="the decoder families that can be imported")
     f.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p

@@ -67,7 +67,39 @@ def tensor_names_source(names: dict[str, Optional[str]]) -> str:
     return f"TENSOR_NAMES = loading_utils.ModelLoader.TensorNames({lines}\n)"
 
 
-def blueprint_module(bp: "Blueprint", tensor_names: Optional[dict] = None) -> str:
+def checkpoint_loader_source(mapping) -> str:
+    """A custom_loader for litert-torch's ModelLoader that renames per-row edits to the
+    names the patterns expect, transposes sources stored transposed, and drops buffers."""
+    renames = {}
+    for e in mapping.table():
+        if e.target in mapping.rows:
+            t = next(t for t in mapping._targets if t.param == e.target)
+            expected = mapping._source_name(t.key if t.key != "qkv" else "attn_fused_qkv_proj", t.layer, t.suffix)
+            renames[expected] = e.source
+    transposed = sorted({mapping.tensor_names[k] for k in mapping.transposed if mapping.tensor_names.get(k)})
+    return f'''
+# Names the patterns expect <- the tensors that hold them (edited rows of the mapping).
+RENAMES = {renames!r}
+# Patterns whose tensors the checkpoint stores transposed.
+TRANSPOSED = {tuple(transposed)!r}
+
+
+def load_checkpoint(path: str) -> dict:
+    """Reads the checkpoint as litert-torch's ModelLoader expects it."""
+    import re
+
+    state = loading_utils.load_safetensors(path)
+    for want, have in RENAMES.items():
+        state[want] = state.pop(have)
+    for pattern in TRANSPOSED:
+        rx = re.compile(re.escape(pattern).replace(r"\{{\}}", r"\d+") + r"\.weight$")
+        for name in [n for n in state if rx.match(n)]:
+            state[name] = state[name].T.contiguous()
+    return {{k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}}
+'''
+
+
+def blueprint_module(bp: "Blueprint", tensor_names: Optional[dict] = None, mapping=None) -> str:
     from workbench import configs
 
     mc = configs.model_config(bp)
@@ -98,6 +130,8 @@ def blueprint_module(bp: "Blueprint", tensor_names: Optional[dict] = None) -> st
     # block_configs=[] is not the default, so it is always present in the rendering above.
 
     names = tensor_names or bp.tensor_names()
+    custom = mapping is not None and (mapping.rows or mapping.transposed)
+    loader = checkpoint_loader_source(mapping) if custom else ""
     model_class = "layers.Decoder" if own else "model_builder.DecoderOnlyModel"
     imports = ["import functools\n" if isinstance(mc.build_rope, functools.partial) else "",
                "import litert_torch.generative.layers.model_config as cfg",
@@ -119,7 +153,7 @@ Source: {bp.source or "(none)"}; architecture fingerprint {bp.fingerprint()}.
 {chr(10).join(i for i in imports if i)}
 
 {tensor_names_source(names)}
-
+{loader}
 NORM_CONFIG = {render(norms["NORM_CONFIG"], {}, 1)}
 
 
@@ -138,7 +172,8 @@ def build_model(checkpoint_path: str, mask_cache_size: int = {bp.kv_cache_length
         checkpoint_path=checkpoint_path,
         config=get_model_config(),
         tensor_names=TENSOR_NAMES,
-        model_class={model_class},
+        model_class={model_class},{"""
+        custom_loader=load_checkpoint,""" if custom else ""}
         mask_cache_size=mask_cache_size,
     )
 '''

@@ -25,3 +25,7 @@ class WorkbenchError(Exception):
 
 class BlueprintError(WorkbenchError):
     """An architecture that cannot be read, edited as asked, or built."""
+
+
+class MappingError(WorkbenchError):
+    """A weight mapping that names tensors the checkpoint lacks, or cannot fill the model."""
