@@ -32,3 +32,15 @@ def test_builder_panel_renders_in_jupyterlab(lab, tmp_path):
         page.wait_for_selector(".ewb-builder :text('matches the summary')", timeout=60_000)
         page.screenshot(path=str(tmp_path / "builder.png"))
     assert (tmp_path / "builder.png").stat().st_size > 10_000
+
+
+def test_mapping_panel_renders_in_jupyterlab(lab, tmp_path):
+    with browser.browser_page() as page:
+        browser.run_all_cells(page, lab.notebook_url(browser.ROOT / "notebooks" / "02_map_weights.ipynb"),
+                              ".ewb-mapping")
+        panel = page.locator(".ewb-mapping").first
+        text = panel.inner_text()
+        assert "Weight mapping" in text and "ready to load" in text
+        assert page.locator(".ewb-mapping tr.ewb-row").count() == 24
+        assert "Loaded 24 parameters" in text  # the notebook's panel.load() reached the page
+        page.screenshot(path=str(tmp_path / "mapping.png"))

@@ -71,3 +71,28 @@ def test_console_script_prints_clean_json(samples):
     assert json.loads(proc.stdout)["family"] == "llama"
     bad = run_cli("blueprint", "/nonexistent/model", "--json")
     assert bad.returncode == cli.EXIT_ERROR and "error" in json.loads(bad.stdout)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma"])
+def test_map_json_on_every_sample_has_no_problems_and_no_unused(name, samples, capsys):
+    assert cli.main(["map", str(samples[name]), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"tensor_names", "entries", "problems", "unused"} <= set(data)
+    assert data["problems"] == [] and data["unused"] == []
+    assert data["tensor_names"]["embedding"] == "model.embed_tokens"
+    assert all(e["status"] in ("ok", "tied") for e in data["entries"])
+    assert {"target", "source", "expected", "found", "dtype", "status", "hint"} <= set(data["entries"][0])
+
+
+def test_map_with_a_saved_mapping_file(samples, tmp_path, capsys):
+    from workbench import Blueprint
+    from workbench.mapping import Mapping
+
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    m.set("ff_down_proj", "model.layers.{}.mlp.fc2")
+    path = m.save(tmp_path / "m.json")
+    assert cli.main(["map", str(samples["llama"]), "--mapping", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len([p for p in data["problems"] if "missing" in p]) == 3 and len(data["unused"]) == 3
+    assert cli.main(["map", str(samples["llama"]), "--mapping", str(tmp_path / "none.json"), "--json"]) == 1
+    assert "no mapping file" in json.loads(capsys.readouterr().out)["error"]

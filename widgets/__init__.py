@@ -5,5 +5,6 @@ pyproject.toml) so it never shadows another package called `widgets`.
 """
 
 from workbench_widgets.builder import BuilderPanel
+from workbench_widgets.mapping import MappingPanel
 
-__all__ = ["BuilderPanel"]
+__all__ = ["BuilderPanel", "MappingPanel"]

@@ -111,8 +111,9 @@ def run_all_cells(page, notebook_url: str, wait_for: Optional[str], timeout_ms: 
     the kernel to be idle and (optionally) for `wait_for` to appear."""
     page.goto(notebook_url)
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=timeout_ms)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                           ".jp-mod-idle, .jp-KernelStatus", timeout=timeout_ms)
+    # the kernel has started: the status bar says "Idle"
+    page.wait_for_function("() => /\\bIdle\\b/.test(document.querySelector('.jp-StatusBar-Widget, "
+                           ".jp-StatusBar')?.innerText || document.body.innerText)", timeout=timeout_ms)
     page.locator(".jp-NotebookPanel .jp-Cell").first.click()
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=timeout_ms)  # the Run menu
     page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click(timeout=timeout_ms)
@@ -126,7 +127,9 @@ def run_all_cells(page, notebook_url: str, wait_for: Optional[str], timeout_ms: 
             break
         time.sleep(0.5)
     else:
-        raise TimeoutError("the notebook did not finish running")
+        prompts = page.evaluate("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+                                ".map(e => e.textContent)")
+        raise TimeoutError(f"the notebook did not finish running in {timeout_ms / 1000:.0f} s; prompts: {prompts}")
     if wait_for:
         page.wait_for_selector(wait_for, timeout=timeout_ms)
     time.sleep(1.0)  # let plotly and widgets finish drawing
