@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -89,6 +90,36 @@ def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
     return out, "\n".join(lines)
 
 
+EXIT_NOT_PASSED = 4  # ran, but the result is outside the tolerance
+
+
+def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.blueprint import Blueprint
+    from workbench.compare import compare
+    from workbench.mapping import Mapping
+
+    if args.mapping:
+        m = Mapping.open(args.mapping, checkpoint=args.hf_dir)
+        bp = m.blueprint
+    else:
+        bp = Blueprint.from_hf(args.hf_dir)
+        m = Mapping.propose(bp, args.hf_dir)
+    c = compare(args.hf_dir, bp, m, prompts=[args.prompt] if args.prompt else None, tol=args.tol,
+                max_new_tokens=args.max_new)
+    out = c.to_json()
+    g = c.generation
+    lines = [f"{'PASSED' if c.passed else 'NOT PASSED'}: {c.verdict()}",
+             f"  greedy, original:    {g['reference_text']!r}",
+             f"  greedy, re-authored: {g['reauthored_text']!r}" +
+             (f"  (first differing token: #{g['first_diff']})" if g["first_diff"] is not None else "")]
+    lines += [f"  {r.name:<42} max {r.max_abs_diff:9.3g}  mean {r.mean_abs_diff:9.3g}  cos {r.cosine:.6f}"
+              for r in c.records]
+    lines += [f"  note: {n}" for n in c.notes]
+    if not c.passed:
+        args._exit_code = EXIT_NOT_PASSED
+    return out, "\n".join(lines)
+
+
 def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench import families
 
@@ -103,6 +134,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "blueprint": cmd_blueprint,
     "families": cmd_families,
     "map": cmd_map,
+    "compare": cmd_compare,
 }
 
 
@@ -117,6 +149,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("hf_dir", help="a Hugging Face model folder (config.json and weights)")
     m.add_argument("--mapping", default=None, help="a saved mapping (JSON) to check instead of proposing one")
     m.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    c = sub.add_parser("compare", help="compare the re-authored model with transformers, layer by layer")
+    c.add_argument("hf_dir", help="a Hugging Face model folder")
+    c.add_argument("--mapping", default=None, help="a saved mapping (JSON); default: the proposed one")
+    c.add_argument("--prompt", default=None, help="text to run (default: a short sentence)")
+    c.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
+    c.add_argument("--max-new", type=int, default=8, help="greedy tokens to generate side by side")
+    c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     f = sub.add_parser("families", help="the decoder families that can be imported")
     f.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p
@@ -144,11 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             emit({"error": f"{type(e).__name__}: {e}", "hint": "this is a bug in Edge Workbench: please report it "
                   "with the command and the traceback above"})
         return EXIT_CRASH
-    if args.json:
-        emit(out)
-    else:
-        print(text)
-    return 0
+    try:
+        if args.json:
+            emit(out)
+        else:
+            print(text, flush=True)
+    except BrokenPipeError:  # e.g. piped into `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return getattr(args, "_exit_code", 0)
 
 
 if __name__ == "__main__":

@@ -240,3 +240,24 @@ def module_tree(model: nn.Module, depth: int = 2) -> list[tuple[str, str, int]]:
             n = sum(p.numel() for p in mod.parameters())
             rows.append((name, type(mod).__name__, n))
     return rows
+
+
+def generate_greedy(model: nn.Module, tokens, max_new_tokens: int, kv_cache_length: Optional[int] = None,
+                    stop: Optional[set] = None) -> list[int]:
+    """Greedy decoding through litert-torch's KV cache: one prefill, then one decode step
+    per token (as the converted model's `prefill`/`decode` signatures run)."""
+    ids = [int(t) for t in torch.as_tensor(tokens).reshape(-1).tolist()]
+    kv_len = kv_cache_length or len(ids) + max_new_tokens
+    kv = kv_utils.KVCache.from_model_config(kv_len, model.config)
+    out: list[int] = []
+    with torch.inference_mode():
+        res = model(torch.tensor([ids], dtype=torch.int), torch.arange(len(ids), dtype=torch.int), kv)
+        for step in range(max_new_tokens):
+            nxt = int(res["logits"][0, -1].argmax())
+            out.append(nxt)
+            if (stop and nxt in stop) or step == max_new_tokens - 1:
+                break
+            pos = len(ids) + step
+            res = model(torch.tensor([[nxt]], dtype=torch.int), torch.tensor([pos], dtype=torch.int),
+                        res["kv_cache"])
+    return out
