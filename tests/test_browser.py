@@ -44,3 +44,16 @@ def test_mapping_panel_renders_in_jupyterlab(lab, tmp_path):
         assert page.locator(".ewb-mapping tr.ewb-row").count() == 24
         assert "Loaded 24 parameters" in text  # the notebook's panel.load() reached the page
         page.screenshot(path=str(tmp_path / "mapping.png"))
+
+
+def test_compare_panel_renders_in_jupyterlab(lab, tmp_path):
+    with browser.browser_page() as page:
+        browser.run_all_cells(page, lab.notebook_url(browser.ROOT / "notebooks" / "03_compare.ipynb"),
+                              ".ewb-compare .js-plotly-plot")
+        panels = page.locator(".ewb-compare")
+        assert panels.count() == 2
+        assert "all 3 layers within" in panels.nth(0).inner_text()
+        faulty = panels.nth(1).inner_text()
+        assert "first divergence at embedding" in faulty
+        assert page.locator(".ewb-compare .js-plotly-plot").count() >= 4
+        page.screenshot(path=str(tmp_path / "compare.png"))

@@ -96,3 +96,27 @@ def test_map_with_a_saved_mapping_file(samples, tmp_path, capsys):
     assert len([p for p in data["problems"] if "missing" in p]) == 3 and len(data["unused"]) == 3
     assert cli.main(["map", str(samples["llama"]), "--mapping", str(tmp_path / "none.json"), "--json"]) == 1
     assert "no mapping file" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma"])
+def test_compare_json_passes_on_every_sample(name, samples, capsys):
+    assert cli.main(["compare", str(samples[name]), "--prompt", "The robot", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"passed", "logits", "layers", "first_divergence"} <= set(data)
+    assert data["passed"] is True and data["first_divergence"] is None
+    assert data["logits"]["max_abs_diff"] <= 1e-4 and data["logits"]["top1_agreement"] == 1.0
+    assert {"name", "layer", "point", "max_abs_diff", "mean_abs_diff", "rel_error", "cosine", "shape"} <= set(
+        data["layers"][1])
+
+
+def test_compare_that_does_not_pass_exits_nonzero(samples, tmp_path, capsys):
+    from workbench import Blueprint
+    from workbench.mapping import Mapping
+
+    bp = Blueprint.from_hf(samples["llama"]).set("norm_eps", 0.5)
+    path = Mapping.propose(bp, samples["llama"]).save(tmp_path / "m.json")
+    code = cli.main(["compare", str(samples["llama"]), "--mapping", str(path), "--json"])
+    assert code == cli.EXIT_NOT_PASSED
+    data = json.loads(capsys.readouterr().out)
+    assert data["passed"] is False
+    assert data["first_divergence"]["name"] == "transformer_blocks.0.input_norm"

@@ -67,7 +67,8 @@ def error_per_layer(c) -> "go.Figure":
     fig.update_layout(title="Max |re-authored − original| per layer", yaxis_type="log", height=360,
                       xaxis=dict(title="layer", tickmode="array", tickvals=list(range(last + 2)),
                                  ticktext=[str(i) for i in range(last + 1)] + ["head"]),
-                      yaxis_title="max abs diff", template="plotly_white", margin=dict(l=60, r=10, t=40, b=40))
+                      yaxis_title="max abs diff", yaxis_exponentformat="power", template="plotly_white",
+                      margin=dict(l=60, r=10, t=40, b=40))
     return fig
 
 
