@@ -120,6 +120,45 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     return out, "\n".join(lines)
 
 
+def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.blueprint import Blueprint
+    from workbench.convert import convert
+    from workbench.mapping import Mapping
+
+    m = Mapping.open(args.mapping, checkpoint=args.hf_dir) if args.mapping else \
+        Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
+    try:
+        prefill = [int(p) for p in str(args.prefill).split(",") if p.strip()]
+    except ValueError:
+        from workbench.convert import ConversionError
+
+        raise ConversionError(f"--prefill {args.prefill!r} is not a list of lengths", hint="e.g. --prefill 8,64") \
+            from None
+    last = [""]
+
+    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
+        line = f"[{done + 1}/{total}] {stage}: {detail}"
+        if line != last[0]:
+            print(line, file=sys.stderr, flush=True)
+            last[0] = line
+
+    job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
+                  progress=progress)
+    try:
+        res = job.result()
+    except KeyboardInterrupt:
+        job.cancel()
+        raise
+    out = res.to_json()
+    c = res.check
+    text = (f"wrote {res.path} ({res.size_bytes:,} bytes) in {res.seconds:.1f} s, peak {res.peak_rss_bytes / 1e9:.2f} GB\n"
+            f"signatures: {', '.join(res.signatures)}\n"
+            f"check ({c['positions']} decoded positions vs transformers): max abs diff {c['max_abs_diff']:.3g}, "
+            f"top-1 agreement {c['top1_agreement']:.0%}, mean cosine {c['mean_cosine']:.6f}\n"
+            f"manifest: {res.manifest_path}")
+    return out, text
+
+
 def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench import families
 
@@ -135,6 +174,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "families": cmd_families,
     "map": cmd_map,
     "compare": cmd_compare,
+    "convert": cmd_convert,
 }
 
 
@@ -156,6 +196,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
     c.add_argument("--max-new", type=int, default=8, help="greedy tokens to generate side by side")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    v = sub.add_parser("convert", help="convert to a LiteRT .tflite (prefill/decode signatures), checked")
+    v.add_argument("hf_dir", help="a Hugging Face model folder")
+    v.add_argument("--recipe", default="dynamic_int8",
+                   help="a litert-torch scheme name (none, dynamic_int8, weight_only_int8, fp16, "
+                        "dynamic_int4_block32, dynamic_int4_block128) or a per-layer recipe .json")
+    v.add_argument("--prefill", default="8", help="prefill lengths, comma-separated (default 8)")
+    v.add_argument("--kv", type=int, default=1024, help="KV cache length (default 1024)")
+    v.add_argument("--out", default="out", help="output folder (default out/)")
+    v.add_argument("--name", default=None, help="file name without .tflite (default: model_recipe_kvN)")
+    v.add_argument("--mapping", default=None, help="a saved mapping (JSON); default: the proposed one")
+    v.add_argument("--json", action="store_true", help="one JSON object on stdout")
     f = sub.add_parser("families", help="the decoder families that can be imported")
     f.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p
@@ -170,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         out, text = COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if args.json:
+            emit({"error": "interrupted", "hint": "the job was cancelled; nothing was written"})
+        return 130
     except WorkbenchError as e:
         print(f"edge-workbench {args.command}: {e}", file=sys.stderr)
         if args.json:

@@ -1,0 +1,124 @@
+"""The check after conversion: run the .tflite in ai-edge-litert and compare its logits.
+
+A fixed prompt is prefilled through the `prefill_N` signature, then several tokens are
+decoded one by one through `decode` with the KV cache carried between calls. The
+tokens are the original model's greedy continuation (teacher-forced), so every model
+sees the same sequence; the logits at each decoded position are compared with the
+re-authored PyTorch model's and with transformers'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import numpy as np
+
+CHECK_PROMPT = "Once upon a time, a small robot lived in a quiet town."
+
+
+def prompt_ids(hf_dir: str | Path, max_len: int) -> list[int]:
+    try:
+        from transformers import AutoTokenizer
+
+        ids = AutoTokenizer.from_pretrained(hf_dir)(CHECK_PROMPT)["input_ids"]
+    except Exception:  # noqa: BLE001 - no tokenizer: fixed ids
+        ids = list(range(1, 13))
+    return ids[:max_len]
+
+
+class SignatureModel:
+    """A converted decoder's prefill/decode signatures with the KV cache carried along."""
+
+    def __init__(self, path: str | Path, threads: int = 2) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.signatures = self.interpreter.get_signature_list()
+        self.prefills = sorted(int(n.rsplit("_", 1)[1]) for n in self.signatures if n.startswith("prefill_")
+                               and n.rsplit("_", 1)[1].isdigit())
+        if "decode" not in self.signatures or not self.prefills:
+            from workbench.errors import WorkbenchError
+
+            raise WorkbenchError(f"{Path(path).name} has no prefill_N and decode signatures "
+                                 f"(it has {', '.join(self.signatures) or 'none'})",
+                                 hint="convert a decoder with edge-workbench convert")
+        self.decode_runner = self.interpreter.get_signature_runner("decode")
+        self.kv_names = [n for n in self.signatures["decode"]["inputs"] if n.startswith("kv_cache_")]
+        details = self.decode_runner.get_input_details()
+        self.kv_len = int(details[self.kv_names[0]]["shape"][1])
+        self.reset()
+
+    def reset(self) -> None:
+        details = self.decode_runner.get_input_details()
+        self.kv = {n: np.zeros(details[n]["shape"], dtype=details[n]["dtype"]) for n in self.kv_names}
+
+    def prefill(self, ids: list[int], start: int = 0) -> None:
+        n = next((p for p in self.prefills if p >= len(ids)), None)
+        if n is None:
+            raise ValueError(f"{len(ids)} tokens exceed the largest prefill signature ({self.prefills[-1]})")
+        tokens = np.zeros((1, n), dtype=np.int32)
+        tokens[0, : len(ids)] = ids
+        pos = np.arange(start, start + n, dtype=np.int32)
+        out = self.interpreter.get_signature_runner(f"prefill_{n}")(tokens=tokens, input_pos=pos, **self.kv)
+        self.kv = {k: out[k] for k in self.kv_names}
+
+    def decode(self, token: int, pos: int) -> np.ndarray:
+        out = self.decode_runner(tokens=np.array([[token]], dtype=np.int32), input_pos=np.array([pos], dtype=np.int32),
+                                 **self.kv)
+        self.kv = {k: out[k] for k in self.kv_names}
+        return out["logits"][0, -1]
+
+
+def _metrics(a: np.ndarray, b: np.ndarray) -> dict:
+    d = np.abs(a - b)
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)
+    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()), "mean_cosine": float(cos.mean()),
+            "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean())}
+
+
+def check_tflite(path: str | Path, model, hf_dir: str | Path, prefill: int, kv: int, steps: int = 6,
+                 threads: int = 2) -> dict:
+    """Runs the converted model and compares its decode logits; returns the figures."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench import layers
+
+    tfl = SignatureModel(path, threads)
+    prompt = prompt_ids(hf_dir, min(prefill + 1, kv - steps))
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
+        ref = hf(torch.tensor([seq])).logits[0].numpy()
+    ours = layers.logits(model, seq, len(seq))[0].numpy()
+    start = len(prompt) - 1
+    if start > 0:
+        tfl.prefill(prompt[:-1])
+    positions = list(range(start, len(seq)))
+    got = np.stack([tfl.decode(seq[p], p) for p in positions])
+    vs_hf = _metrics(got, ref[positions])
+    vs_pt = _metrics(got, ours[positions])
+    return {"positions": len(positions), "prompt_tokens": len(prompt), "max_abs_diff": vs_hf["max_abs_diff"],
+            "top1_agreement": vs_hf["top1_agreement"], "mean_cosine": vs_hf["mean_cosine"],
+            "vs_transformers": vs_hf, "vs_reauthored": vs_pt, "finite": bool(np.isfinite(got).all()),
+            "signatures": list(tfl.signatures)}
+
+
+def describe_signatures(path: str | Path) -> dict:
+    """Input/output names, shapes and dtypes of every signature (for the manifest)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    out = {}
+    for name in it.get_signature_list():
+        r = it.get_signature_runner(name)
+        io = {}
+        for kind, det in (("inputs", r.get_input_details()), ("outputs", r.get_output_details())):
+            io[kind] = {k: {"shape": [int(x) for x in v["shape"]], "dtype": np.dtype(v["dtype"]).name}
+                        for k, v in det.items()}
+        out[name] = io
+    return out
+
+
+__all__ = ["SignatureModel", "check_tflite", "describe_signatures", "prompt_ids"]

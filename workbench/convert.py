@@ -1,0 +1,335 @@
+"""Conversion as a job: a child process we own, with progress, memory, cancel, and atomic output.
+
+    job = convert(mapping, recipe="dynamic_int8", prefill=[8, 64], kv=1024, out="out/")
+    job.status()      # stage, elapsed, current and peak memory of the child
+    job.cancel()      # ends it within seconds; nothing finished-looking is left
+    res = job.result()  # waits; a ConversionResult, or ConversionError with signal, stage, log tail, hint
+
+The child (`workbench.convert_worker`) builds the re-authored model, loads its weights,
+converts it through litert-torch's generative converter (`prefill_N` + `decode`
+signatures), checks the file in ai-edge-litert, and writes model and manifest under
+temporary names that are renamed only when both are complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from workbench.errors import WorkbenchError
+from workbench.recipe import Recipe
+
+STAGES = ("build", "load weights", "export", "lower", "quantize", "write", "check")
+
+
+class ConversionError(WorkbenchError):
+    """A conversion that was refused, failed, was killed or was cancelled."""
+
+    def __init__(self, message: str, hint: str = "", *, stage: str = "", signal_name: str = "",
+                 log_tail: str = "", peak_rss_bytes: int = 0) -> None:
+        super().__init__(message, hint)
+        self.stage, self.signal_name, self.log_tail, self.peak_rss_bytes = stage, signal_name, log_tail, peak_rss_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionResult:
+    path: Path
+    manifest_path: Path
+    size_bytes: int
+    signatures: list[str]
+    check: dict
+    seconds: float
+    peak_rss_bytes: int
+    recipe: Any
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "manifest": str(self.manifest_path), "size_bytes": self.size_bytes,
+                "signatures": self.signatures, "check": self.check, "seconds": self.seconds,
+                "peak_rss_bytes": self.peak_rss_bytes, "recipe": self.recipe}
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+class Job:
+    """A running conversion. Thread-safe to poll; `result()` waits for the end."""
+
+    def __init__(self, spec: dict, workdir: Path, progress: Optional[Callable] = None) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.progress = progress
+        self.stage = "starting"
+        self.detail = ""
+        self.events: list[dict] = []
+        self.started = time.time()
+        self.ended: Optional[float] = None
+        self.rss_bytes = 0
+        self.peak_rss_bytes = 0
+        self.cancelled = False
+        self._outcome: Optional[dict] = None
+        self._log_path = workdir / "job.log"
+        self._log = open(self._log_path, "w")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.convert_worker", str(workdir / "spec.json")],
+                                     stdout=subprocess.PIPE, stderr=self._log, env=env, text=True,
+                                     start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._reader.start()
+        self._sampler.start()
+
+    # ---- watching -----------------------------------------------------------------
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.events.append(ev)
+            if ev["event"] == "stage":
+                self.stage, self.detail = ev["stage"], ev.get("detail", "")
+            elif ev["event"] == "progress":
+                self.detail = f"{ev['done']}/{ev['total']}"
+            elif ev["event"] in ("done", "error"):
+                self._outcome = ev
+            self._notify()
+        self.proc.wait()
+        self.ended = time.time()
+        self._finish()
+        self._notify()
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+        except psutil.Error:
+            return
+        while self.proc.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            except psutil.Error:
+                rss = 0
+            self.rss_bytes = rss
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            time.sleep(0.1)
+        self.rss_bytes = 0
+
+    def _notify(self) -> None:
+        if self.progress is not None:
+            try:
+                self.progress(self.stage, STAGES.index(self.stage) if self.stage in STAGES else 0, len(STAGES),
+                              self.detail)
+            except Exception:  # noqa: BLE001 - a view's failure must not kill the job's watcher
+                pass
+
+    # ---- control ------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.ended is not None
+
+    def status(self) -> dict:
+        return {"stage": self.stage, "detail": self.detail, "elapsed_s": (self.ended or time.time()) - self.started,
+                "rss_bytes": self.rss_bytes, "peak_rss_bytes": self.peak_rss_bytes, "done": self.done,
+                "returncode": self.proc.returncode}
+
+    def cancel(self, grace_s: float = 3.0) -> None:
+        """Stops the conversion (the child's whole process group) within seconds."""
+        if self.done:
+            return
+        self.cancelled = True
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._reader.join(10)
+
+    def result(self, timeout: Optional[float] = None) -> ConversionResult:
+        """Waits for the end; returns the result or raises ConversionError."""
+        self._reader.join(timeout)
+        if not self.done:
+            raise TimeoutError(f"the conversion is still running ({self.stage}) after {timeout} s")
+        if isinstance(self._final, ConversionError):
+            raise self._final
+        return self._final
+
+    @property
+    def log(self) -> str:
+        self._log.flush()
+        return self._log_path.read_text(errors="replace")
+
+    def _tail(self, n: int = 25) -> str:
+        return "\n".join(self.log.rstrip().splitlines()[-n:])
+
+    def _cleanup_partial(self) -> None:
+        for key in ("partial", "manifest_partial"):
+            Path(self.spec[key]).unlink(missing_ok=True)
+
+    def _finish(self) -> None:
+        self._log.flush()
+        rc = self.proc.returncode
+        stage = self.stage
+        if self.cancelled:
+            self._cleanup_partial()
+            self._final = ConversionError(f"cancelled during {stage}", "nothing was written", stage=stage,
+                                          log_tail=self._tail(), peak_rss_bytes=self.peak_rss_bytes)
+            return
+        if rc != 0 or not self._outcome or self._outcome["event"] != "done":
+            self._cleanup_partial()
+            if self._outcome and self._outcome["event"] == "error":
+                self._final = ConversionError(f"{self._outcome['error']} (during {stage})", self._outcome["hint"],
+                                              stage=stage, log_tail=self._tail(),
+                                              peak_rss_bytes=self.peak_rss_bytes)
+                return
+            sig = signal.Signals(-rc).name if rc and rc < 0 else ""
+            what = f"killed by {sig}" if sig else f"exited with code {rc}"
+            hint = "see the log tail"
+            if sig == "SIGKILL":
+                hint = (f"killed at {_gb(self.peak_rss_bytes)} during {stage}, likely out of memory: try "
+                        "dynamic_int4_block128, a smaller kv, or fewer prefill lengths")
+            self._final = ConversionError(f"the conversion {what} at {_gb(self.peak_rss_bytes)} during {stage}",
+                                          hint, stage=stage, signal_name=sig, log_tail=self._tail(),
+                                          peak_rss_bytes=self.peak_rss_bytes)
+            return
+        try:
+            self._final = self._publish(self._outcome)
+        except Exception as e:  # noqa: BLE001 - publishing failures are conversion failures
+            self._cleanup_partial()
+            self._final = ConversionError(f"could not write the result: {e}", "check the output folder",
+                                          stage="write", log_tail=self._tail(), peak_rss_bytes=self.peak_rss_bytes)
+
+    def _publish(self, done: dict) -> ConversionResult:
+        """Writes the manifest beside the checked model, then renames both into place."""
+        import importlib.metadata as md
+
+        from workbench.check import describe_signatures
+
+        spec = self.spec
+        partial, final = Path(spec["partial"]), Path(spec["path"])
+        check = done["check"]
+        if not check.get("finite", False):
+            raise ConversionError("the converted model produced non-finite logits", "see the log")
+        sigs = describe_signatures(partial)
+        versions = {}
+        for dist in ("litert-torch", "torch", "ai-edge-litert", "ai-edge-quantizer", "transformers"):
+            try:
+                versions[dist] = md.version(dist)
+            except md.PackageNotFoundError:
+                versions[dist] = None
+        manifest = {
+            "kind": "edge-workbench/conversion", "schema": 1, "model": final.name,
+            "recipe": spec["recipe"], "recipe_description": Recipe.parse(spec["recipe"]).describe(),
+            "schemes": spec["schemes"],
+            "path": spec.get("path_kind", "reauthored"),
+            "prefill": spec["prefill"], "kv": spec["kv"], "signatures": sigs,
+            "size_bytes": partial.stat().st_size, "estimated_size_bytes": spec.get("estimated_bytes"),
+            "versions": versions, "blueprint_fingerprint": spec["blueprint_fingerprint"],
+            "mapping_hash": spec["mapping_hash"], "seconds": done["seconds"],
+            "peak_rss_bytes": self.peak_rss_bytes, "check": check, "checkpoint": spec["checkpoint"],
+        }
+        mp = Path(spec["manifest_partial"])
+        mp.write_text(json.dumps(manifest, indent=1))
+        with open(mp) as f:
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+        manifest_path = final.with_suffix(".json")
+        os.replace(mp, manifest_path)
+        return ConversionResult(final, manifest_path, manifest["size_bytes"], list(sigs), check, done["seconds"],
+                                self.peak_rss_bytes, spec["recipe"])
+
+    def __repr__(self) -> str:
+        s = self.status()
+        return (f"Job({self.spec['name']}: {s['stage']}, {s['elapsed_s']:.0f} s, "
+                f"peak {_gb(s['peak_rss_bytes'])}{', done' if s['done'] else ''})")
+
+
+def _hash(data: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", prefill: Sequence[int] = (8,),
+            kv: int = 1024, out: Union[str, Path] = "out", name: Optional[str] = None,
+            progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6) -> Job:
+    """Starts a conversion in a child process and returns its Job at once.
+
+    `source`: a Mapping (its Blueprint rides along), or a Hugging Face folder (the
+    proposed mapping is used). Everything that can be refused is refused here, before
+    the child starts: a mapping with problems, prefill longer than kv, a kv the model
+    cannot hold, an unknown recipe or a per-layer recipe naming missing layers, an
+    output folder that cannot be written.
+    """
+    from workbench.blueprint import Blueprint
+    from workbench.mapping import Mapping
+
+    if isinstance(source, (str, Path)):
+        bp = Blueprint.from_hf(source)
+        mapping = Mapping.propose(bp, source)
+    elif isinstance(source, Mapping):
+        mapping = source
+    else:
+        raise ConversionError(f"cannot convert a {type(source).__name__}",
+                              hint="pass a Mapping (blueprint + checkpoint) or a Hugging Face folder")
+    bp = mapping.blueprint
+    problems = mapping.problems() + [f"{n}: unused" for n in mapping.unused()]
+    if problems:
+        raise ConversionError("the mapping has problems; converting would bake them in:\n"
+                              + "\n".join(f"  - {p}" for p in problems[:20]),
+                              hint="fix the mapping first (m.problems() lists them)")
+    bp._raise_problems()
+    prefill = sorted({int(p) for p in ([prefill] if isinstance(prefill, int) else prefill)})
+    if not prefill or prefill[0] < 1:
+        raise ConversionError(f"prefill lengths {prefill} must be positive", hint="e.g. prefill=[8, 64]")
+    if prefill[-1] > kv:
+        raise ConversionError(f"prefill length {prefill[-1]} is longer than the KV cache ({kv})",
+                              hint=f"use prefill lengths <= kv, or raise kv to at least {prefill[-1]}")
+    if kv > bp.max_seq_len:
+        raise ConversionError(f"kv {kv} exceeds the model's max_seq_len {bp.max_seq_len}",
+                              hint=f"use kv <= {bp.max_seq_len}")
+    if kv < 2:
+        raise ConversionError(f"kv {kv} is too small to decode", hint="use kv >= 2")
+    r = Recipe.parse(recipe)
+    r.validate(bp)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".ewb-write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_text("x")
+        probe.unlink()
+    except OSError as e:
+        raise ConversionError(f"cannot write to the output folder {str(out)!r}: {e.strerror or e}",
+                              hint="choose a folder you can write to") from None
+    label = r.name if r.name != "mixed" else f"mixed-{_hash(r.to_json())[:6]}"
+    name = name or f"{(bp.name or bp.family).replace('/', '_')}_{label}_kv{kv}"
+    final = out / f"{name}.tflite"
+    workdir = Path(tempfile.mkdtemp(prefix=f"ewb-job-{name}-"))
+    mapping_path = mapping.save(workdir / "mapping.json")
+    spec = {
+        "name": name, "recipe": r.to_json(), "prefill": prefill, "kv": kv, "path": str(final.resolve()),
+        "partial": str((out / f".{name}.tflite.partial-{uuid.uuid4().hex[:8]}").resolve()),
+        "manifest_partial": str((out / f".{name}.json.partial-{uuid.uuid4().hex[:8]}").resolve()),
+        "mapping": str(mapping_path), "checkpoint": str(Path(mapping.checkpoint.root).resolve()),
+        "threads": threads or os.cpu_count() or 1, "check_steps": check_steps,
+        "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": _hash(mapping.to_json()["tensor_names"]),
+        "estimated_bytes": r.estimate_bytes(bp),
+        "schemes": {"embedding": r.scheme_of("embedding"),
+                    "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
+                                "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},
+    }
+    (workdir / "spec.json").write_text(json.dumps(spec, indent=1))
+    return Job(spec, workdir, progress)

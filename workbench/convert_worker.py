@@ -1,0 +1,148 @@
+"""The conversion child process: `python -m workbench.convert_worker SPEC.json`.
+
+Started by `workbench.convert.convert` with `subprocess` (never multiprocessing: Dask
+workers are daemonic and cannot fork children that way). It reports to its parent
+through JSON lines on its real stdout (events: stage, progress, done, error); every
+library's own printing goes to stderr, which the parent keeps as the job's log.
+
+It writes the model to a temporary name beside the target, checks it, writes the
+manifest, and only then renames both into place: a failed or killed conversion leaves
+nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+_EVENTS = None  # the real stdout, kept for events
+STAGES = ("build", "load weights", "export", "lower", "quantize", "write", "check")
+
+
+def emit(event: str, **data) -> None:
+    _EVENTS.write(json.dumps({"event": event, "t": time.time(), **data}) + "\n")
+    _EVENTS.flush()
+
+
+def _litert_stage(name: str) -> str | None:
+    """litert-torch's progress task names -> our stages."""
+    if name.startswith("Torch Export"):
+        return "export"
+    if name.startswith(("Run FX Passes", "Lower to MLIR", "Create MLIR", "Merge MLIR", "Run LiteRT Converter")):
+        return "lower"
+    if name.startswith("Quantiz"):
+        return "quantize"
+    if name.startswith("Write Model"):
+        return "write"
+    return None
+
+
+def _hook_litert_progress() -> None:
+    """Wraps litert-torch's `progress.task` so its nested stages reach the parent."""
+    from litert_torch import progress
+
+    original = progress.task
+
+    @contextlib.contextmanager
+    def task(name: str):
+        stage = _litert_stage(name)
+        if stage:
+            emit("stage", stage=stage, detail=name)
+        with original(name):
+            yield
+
+    progress.task = task
+    import litert_torch._convert.converter_v2 as cv2  # it imported `progress` by module, so patch is seen
+
+    cv2.progress = progress
+
+
+def run(spec: dict) -> dict:
+    from workbench._quiet import import_stack
+
+    emit("stage", stage="build", detail="importing litert-torch")
+    import_stack()
+    import torch
+
+    from workbench import check as checks
+    from workbench.mapping import Mapping
+    from workbench.recipe import Recipe
+
+    _hook_litert_progress()
+    from litert_torch._convert import interface as converter_utils
+    from litert_torch.generative.utilities import converter
+
+    torch.set_num_threads(max(1, int(spec.get("threads", os.cpu_count() or 1))))
+    emit("stage", stage="build", detail="model on the meta device")
+    m = Mapping.open(spec["mapping"], checkpoint=spec["checkpoint"])
+    bp = m.blueprint
+    kv = spec["kv"]
+    recipe = Recipe.parse(spec["recipe"])
+    if os.environ.get("EWB_TEST_CRASH_AT") == "build":
+        os.abort()
+    emit("stage", stage="load weights", detail=f"{len(m.checkpoint.tensors)} tensors")
+    model = m.load(kv_cache_length=kv,
+                   progress=lambda st, d, t, detail="": emit("progress", stage="load weights", done=d, total=t))
+    if os.environ.get("EWB_TEST_SLEEP_AT") == "load weights":
+        time.sleep(600)
+    conv = converter_utils.Converter()
+    export_config = converter.ExportConfig()
+    converter._add_signatures(conv, model, list(spec["prefill"]), kv, None, 0, model.config, [None], export_config)
+    emit("stage", stage="export", detail="torch.export of every signature")
+    edge = conv.convert()  # float; quantized below with ai-edge-quantizer
+    final = Path(spec["path"])
+    partial = Path(spec["partial"])
+    emit("stage", stage="write", detail=str(final.name))
+    if os.environ.get("EWB_TEST_DISK_FULL"):
+        raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(partial))
+    edge.export(str(partial))
+    del edge, conv
+    if recipe.name != "none":
+        from litert_torch.quantize import translate_recipe
+
+        emit("stage", stage="quantize", detail=recipe.describe())
+        quantized = translate_recipe.quantize_model(partial.read_bytes(),
+                                                    recipe.ai_edge_recipe(tied_head=bp.tie_embeddings))
+        emit("stage", stage="write", detail=f"{final.name} (quantized)")
+        partial.write_bytes(bytes(quantized))
+        del quantized
+    emit("stage", stage="check", detail="ai-edge-litert: prefill then decode, against PyTorch and transformers")
+    result = checks.check_tflite(partial, model, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
+                                 steps=spec.get("check_steps", 6))
+    return {"check": result}
+
+
+def main(argv: list[str]) -> int:
+    global _EVENTS
+    _EVENTS = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # libraries that print to stdout now print into the log
+    sys.stdout = sys.stderr
+    spec = json.loads(Path(argv[0]).read_text())
+    t0 = time.time()
+    try:
+        out = run(spec)
+    except Exception as e:  # noqa: BLE001 - every failure becomes an error event
+        traceback.print_exc()
+        from workbench.errors import WorkbenchError
+
+        if isinstance(e, WorkbenchError):
+            emit("error", error=e.message, hint=e.hint, kind=type(e).__name__)
+        elif isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            emit("error", error=f"the disk is full while writing {Path(spec['path']).name}",
+                 hint="free space in the output folder's disk, or choose another folder", kind="DiskFull")
+        else:
+            emit("error", error=f"{type(e).__name__}: {e}", hint="see the job's log for the traceback",
+                 kind=type(e).__name__)
+        return 1
+    emit("done", seconds=time.time() - t0, **out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
