@@ -6,6 +6,7 @@ pyproject.toml) so it never shadows another package called `widgets`.
 
 from workbench_widgets.builder import BuilderPanel
 from workbench_widgets.compare import ComparePanel
+from workbench_widgets.convert import ConvertPanel
 from workbench_widgets.mapping import MappingPanel
 
-__all__ = ["BuilderPanel", "ComparePanel", "MappingPanel"]
+__all__ = ["BuilderPanel", "ComparePanel", "ConvertPanel", "MappingPanel"]

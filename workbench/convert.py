@@ -160,7 +160,8 @@ class Job:
 
     def result(self, timeout: Optional[float] = None) -> ConversionResult:
         """Waits for the end; returns the result or raises ConversionError."""
-        self._reader.join(timeout)
+        if threading.current_thread() is not self._reader:  # a progress callback may ask from the watcher
+            self._reader.join(timeout)
         if not self.done:
             raise TimeoutError(f"the conversion is still running ({self.stage}) after {timeout} s")
         if isinstance(self._final, ConversionError):
@@ -326,7 +327,7 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         "mapping": str(mapping_path), "checkpoint": str(Path(mapping.checkpoint.root).resolve()),
         "threads": threads or os.cpu_count() or 1, "check_steps": check_steps,
         "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": _hash(mapping.to_json()["tensor_names"]),
-        "estimated_bytes": r.estimate_bytes(bp),
+        "estimated_bytes": r.estimate_bytes(bp, kv),
         "schemes": {"embedding": r.scheme_of("embedding"),
                     "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
                                 "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},

@@ -1,0 +1,261 @@
+"""Conversion jobs: results checked against transformers, recipes incl. per-layer, atomic
+output, cancel/crash/kill/disk-full, and every refusal before the child starts.
+
+Conversions are shared through session-scoped fixtures (each converted once per run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from workbench import Blueprint, cli
+from workbench.convert import ConversionError, convert
+from workbench.mapping import Mapping
+from workbench.recipe import Recipe, RecipeError
+
+KV, PREFILL = 64, [8]
+MIXED = {"default": "dynamic_int8", "attention": {"0": "none", "2": "fp16"}, "feedforward": {"1": "fp16"}}
+
+
+@pytest.fixture(scope="session")
+def conversions(samples, tmp_path_factory):
+    """Every conversion the tests read, started together and awaited once."""
+    out = tmp_path_factory.mktemp("converted")
+    jobs = {}
+    for name in ("llama", "qwen2"):
+        m = Mapping.propose(Blueprint.from_hf(samples[name]), samples[name])
+        for recipe in ("none", "dynamic_int8"):
+            jobs[(name, recipe)] = convert(m, recipe=recipe, prefill=PREFILL, kv=KV, out=out, threads=1)
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    jobs[("llama", "mixed")] = convert(m, recipe=MIXED, prefill=PREFILL, kv=KV, out=out, threads=1)
+    results = {k: j.result(timeout=900) for k, j in jobs.items()}
+    return out, results
+
+
+def _no_partials(folder):
+    return [p.name for p in folder.iterdir() if ".partial" in p.name]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_float_conversion_matches_transformers(name, conversions):
+    _, results = conversions
+    r = results[(name, "none")]
+    assert r.path.is_file() and r.signatures == ["prefill_8", "decode"]
+    assert r.check["max_abs_diff"] <= 1e-4 and r.check["top1_agreement"] == 1.0
+    assert r.check["vs_reauthored"]["max_abs_diff"] <= 1e-4
+    assert r.check["positions"] >= 5 and r.peak_rss_bytes > 100_000_000 and r.seconds > 0
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_int8_is_smaller_and_still_agrees(name, conversions):
+    _, results = conversions
+    f32, q8 = results[(name, "none")], results[(name, "dynamic_int8")]
+    assert q8.size_bytes < 0.6 * f32.size_bytes
+    assert q8.check["mean_cosine"] > 0.99 and q8.check["top1_agreement"] >= 0.5
+
+
+def test_manifest_describes_the_file(conversions):
+    out, results = conversions
+    r = results[("llama", "dynamic_int8")]
+    man = json.loads(r.manifest_path.read_text())
+    assert man["model"] == r.path.name and man["recipe"] == "dynamic_int8" and man["size_bytes"] == r.size_bytes
+    assert set(man["signatures"]) == {"prefill_8", "decode"}
+    decode = man["signatures"]["decode"]
+    assert decode["inputs"]["tokens"] == {"shape": [1, 1], "dtype": "int32"}
+    assert decode["outputs"]["logits"]["shape"] == [1, 1, 512]
+    assert decode["inputs"]["kv_cache_k_0"]["shape"] == [1, KV, 2, 16]
+    assert {"litert-torch", "torch", "ai-edge-litert"} <= set(man["versions"])
+    assert man["blueprint_fingerprint"] == Blueprint.from_hf(man["checkpoint"]).fingerprint()
+    assert man["check"]["max_abs_diff"] == r.check["max_abs_diff"] and man["peak_rss_bytes"] > 0
+    assert not _no_partials(out)
+
+
+def test_per_layer_recipe_shows_its_mix(conversions):
+    _, results = conversions
+    mixed, q8, f32 = results[("llama", "mixed")], results[("llama", "dynamic_int8")], results[("llama", "none")]
+    assert q8.size_bytes < mixed.size_bytes < f32.size_bytes  # float/fp16 parts made it bigger than int8
+    man = json.loads(mixed.manifest_path.read_text())
+    assert man["recipe"] == MIXED
+    layers = {d["layer"]: d for d in man["schemes"]["layers"]}
+    assert layers[0]["attention"] == "none" and layers[2]["attention"] == "fp16"
+    assert layers[1]["feedforward"] == "fp16" and layers[1]["attention"] == "dynamic_int8"
+    assert "L0=none" in man["recipe_description"] and mixed.path.name.startswith("llama_mixed-")
+    assert mixed.check["top1_agreement"] >= 0.5
+
+
+def test_size_estimate_is_close(conversions, samples):
+    _, results = conversions
+    bp = Blueprint.from_hf(samples["llama"])
+    for recipe in ("none", "dynamic_int8"):
+        est = Recipe.parse(recipe).estimate_bytes(bp, KV)
+        assert 0.8 < results[("llama", recipe)].size_bytes / est < 1.25
+    est = Recipe.parse(MIXED).estimate_bytes(bp, KV)
+    assert 0.8 < results[("llama", "mixed")].size_bytes / est < 1.25
+
+
+# ---- recipes --------------------------------------------------------------------
+def test_recipe_parsing_and_refusals(samples, tmp_path):
+    bp = Blueprint.from_hf(samples["llama"])
+    assert Recipe.parse("fp16").name == "fp16" and Recipe.parse("none").name == "none"
+    assert Recipe.parse(MIXED).to_json() == MIXED
+    with pytest.raises(RecipeError, match="unknown quantization scheme 'int3'"):
+        Recipe.parse("int3")
+    with pytest.raises(RecipeError, match=r"names layer\(s\) \[7\], but the model has 3 layers"):
+        Recipe.parse({"default": "dynamic_int8", "feedforward": {"7": "fp16"}}).validate(bp)
+    with pytest.raises(RecipeError, match="not a layer number"):
+        Recipe.parse({"attention": {"first": "fp16"}})
+    with pytest.raises(RecipeError, match="unknown recipe keys: lm_head"):
+        Recipe.parse({"lm_head": "fp16"})
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(MIXED))
+    assert Recipe.parse(str(f)).to_json() == MIXED
+    with pytest.raises(RecipeError, match="no recipe file"):
+        Recipe.parse(str(tmp_path / "none.json"))
+
+
+def test_recipe_regexes_match_litert_torch_op_scopes(conversions):
+    """Every layer's attention and feed-forward matmuls fall under our ai-edge-quantizer
+    rules: the scope names (an op's output tensor names, as ai-edge-quantizer reads them)
+    of the decode signature's FULLY_CONNECTED ops carry `TransformerBlock_i/..._atten_func`
+    and `..._ff`. (Prefill drops the last layer's unused matmuls, so decode is the one.)"""
+    import re
+
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from workbench.recipe import ATTENTION_RX, FEEDFORWARD_RX
+
+    _, results = conversions
+    model = fu.read_model(str(results[("llama", "none")].path))
+    scopes = [fu.get_op_scope(op, sg.tensors) for sg in model.subgraphs for op in sg.operators
+              if model.operatorCodes[op.opcodeIndex].builtinCode == 9]  # FULLY_CONNECTED
+    for i in range(3):
+        assert sum(bool(re.search(ATTENTION_RX.format(i), sc)) for sc in scopes) >= 2  # qkv and o_proj
+        assert sum(bool(re.search(FEEDFORWARD_RX.format(i), sc)) for sc in scopes) >= 3  # w1, w3, w2
+    assert not any(re.search(ATTENTION_RX.format(3), sc) for sc in scopes)
+
+
+# ---- refusals before the child starts -----------------------------------------------
+def test_bad_requests_are_refused_up_front(samples, tmp_path):
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    with pytest.raises(ConversionError, match="prefill length 128 is longer than the KV cache"):
+        convert(m, prefill=[8, 128], kv=64, out=tmp_path)
+    with pytest.raises(ConversionError, match="exceeds the model's max_seq_len 256"):
+        convert(m, prefill=[8], kv=4096, out=tmp_path)
+    with pytest.raises(RecipeError, match="unknown quantization scheme"):
+        convert(m, recipe="int2", kv=64, out=tmp_path)
+    with pytest.raises(RecipeError, match="names layer"):
+        convert(m, recipe={"default": "dynamic_int8", "attention": {"9": "fp16"}}, kv=64, out=tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConversionError, match="cannot write to the output folder"):
+        convert(m, kv=64, out=tmp_path / "file" / "sub")
+    broken = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"]).set(
+        "ff_up_proj", "model.layers.{}.mlp.fc1")
+    with pytest.raises(ConversionError, match="the mapping has problems") as e:
+        convert(broken, kv=64, out=tmp_path)
+    assert "ff.w3.weight: missing" in str(e.value)
+    assert not list(tmp_path.glob("*.tflite"))
+
+
+# ---- failures while running -------------------------------------------------------
+def _wait_for_stage(job, stage, timeout=240):
+    deadline = time.time() + timeout
+    while job.stage != stage and not job.done and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.stage == stage, (job.status(), job.log[-2000:])
+
+
+@pytest.mark.parametrize("stage", ["build", "load weights", "export", "lower"])
+def test_cancel_during_a_stage_ends_fast_and_leaves_nothing(stage, samples, tmp_path, monkeypatch):
+    if stage == "load weights":
+        monkeypatch.setenv("EWB_TEST_SLEEP_AT", "load weights")
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    job = convert(m, recipe="dynamic_int8", prefill=PREFILL, kv=KV, out=tmp_path, threads=1)
+    _wait_for_stage(job, stage)
+    t = time.time()
+    job.cancel()
+    assert time.time() - t < 5
+    with pytest.raises(ConversionError, match=f"cancelled during {stage}"):
+        job.result(10)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cancel_during_check_leaves_no_finished_looking_file(samples, tmp_path):
+    m = Mapping.propose(Blueprint.from_hf(samples["qwen2"]), samples["qwen2"])
+    job = convert(m, recipe="none", prefill=PREFILL, kv=KV, out=tmp_path, threads=1, check_steps=6)
+    _wait_for_stage(job, "check")
+    job.cancel()
+    with pytest.raises(ConversionError, match="cancelled during check"):
+        job.result(10)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_crash_reports_signal_stage_and_log(samples, tmp_path, monkeypatch):
+    monkeypatch.setenv("EWB_TEST_CRASH_AT", "build")
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    job = convert(m, prefill=PREFILL, kv=KV, out=tmp_path)
+    with pytest.raises(ConversionError) as e:
+        job.result(240)
+    assert e.value.signal_name == "SIGABRT" and e.value.stage == "build"
+    assert "killed by SIGABRT" in e.value.message and e.value.log_tail is not None
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_child_killed_like_an_oom_says_where_and_what_to_try(samples, tmp_path, monkeypatch):
+    monkeypatch.setenv("EWB_TEST_SLEEP_AT", "load weights")
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    job = convert(m, prefill=PREFILL, kv=KV, out=tmp_path)
+    _wait_for_stage(job, "load weights")
+    os.kill(job.proc.pid, signal.SIGKILL)  # what the kernel's OOM killer does
+    with pytest.raises(ConversionError) as e:
+        job.result(30)
+    assert e.value.signal_name == "SIGKILL" and "during load weights" in e.value.message
+    assert "dynamic_int4_block128" in e.value.hint and "smaller kv" in e.value.hint
+
+
+def test_disk_full_while_writing_is_a_clear_error(samples, tmp_path, monkeypatch):
+    monkeypatch.setenv("EWB_TEST_DISK_FULL", "1")
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    job = convert(m, recipe="none", prefill=PREFILL, kv=KV, out=tmp_path, threads=1)
+    with pytest.raises(ConversionError, match="the disk is full") as e:
+        job.result(300)
+    assert e.value.stage == "write" and "free space" in e.value.hint
+    assert not list(tmp_path.iterdir())
+
+
+def test_job_reports_progress_and_memory(samples, tmp_path):
+    seen = []
+    m = Mapping.propose(Blueprint.from_hf(samples["gemma"]), samples["gemma"])
+    job = convert(m, recipe="none", prefill=PREFILL, kv=KV, out=tmp_path, threads=1,
+                  progress=lambda stage, done, total, detail="": seen.append(stage))
+    r = job.result(300)
+    assert [s for s in ("build", "load weights", "export", "lower", "write", "check") if s in seen] == [
+        "build", "load weights", "export", "lower", "write", "check"]
+    st = job.status()
+    assert st["done"] and st["peak_rss_bytes"] == r.peak_rss_bytes > 0 and st["returncode"] == 0
+    assert r.check["max_abs_diff"] <= 1e-4  # gemma too
+    assert "Traceback" not in job.log
+
+
+# ---- the CLI ----------------------------------------------------------------------
+def test_cli_convert_json(samples, tmp_path, capsys):
+    code = cli.main(["convert", str(samples["qwen2"]), "--recipe", "dynamic_int8", "--prefill", "8", "--kv", "64",
+                     "--out", str(tmp_path), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    data = json.loads(captured.out)
+    assert {"path", "size_bytes", "signatures", "check", "peak_rss_bytes", "seconds"} <= set(data)
+    assert data["signatures"] == ["prefill_8", "decode"] and os.path.getsize(data["path"]) == data["size_bytes"]
+    assert {"max_abs_diff", "top1_agreement"} <= set(data["check"])
+    assert "load weights" in captured.err  # progress on stderr
+
+
+def test_cli_convert_refusal_is_json(samples, tmp_path, capsys):
+    code = cli.main(["convert", str(samples["llama"]), "--prefill", "128", "--kv", "64", "--out", str(tmp_path),
+                     "--json"])
+    assert code == 1
+    err = json.loads(capsys.readouterr().out)
+    assert "longer than the KV cache" in err["error"] and err["hint"]

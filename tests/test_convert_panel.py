@@ -1,0 +1,58 @@
+"""The Convert panel, driven as a user drives it (conversions are real, and small)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench import Blueprint
+from workbench.mapping import Mapping
+from workbench_widgets import ConvertPanel
+from workbench_widgets.convert import PER_LAYER
+
+
+@pytest.fixture
+def panel(samples, tmp_path):
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    p = ConvertPanel(m, out=tmp_path)
+    p.kv.value = 64
+    return p
+
+
+def test_estimate_follows_the_recipe_and_the_grid(panel):
+    int8 = panel.estimate_bytes
+    panel.recipe.value = "none"
+    assert panel.estimate_bytes > 3 * int8
+    panel.set_layer(1, "feedforward", "fp16")
+    assert panel.recipe.value == PER_LAYER and panel.per_layer_box.layout.display == ""
+    assert panel.recipe_spec() == {"default": "dynamic_int8", "feedforward": {"1": "fp16"}}
+    assert int8 < panel.estimate_bytes and "L1=fp16" in panel.estimate_html.value
+
+
+def test_convert_click_runs_a_job_and_shows_the_result_card(panel, tmp_path):
+    panel.recipe.value = "none"
+    panel.convert_button.click()
+    assert panel.state == "running" and panel.cancel_button.disabled is False
+    res = panel.wait(600)
+    assert panel.state == "done", panel.card.value
+    assert res.path.is_file() and res.check["max_abs_diff"] <= 1e-4
+    card = panel.card.value
+    assert res.path.name in card and "prefill_8, decode" in card and "top-1 agreement <b>100%</b>" in card
+    assert panel.progress.bar_style == "success" and not panel.convert_button.disabled
+
+
+def test_refusals_and_failures_keep_the_form(panel):
+    panel.prefill.value = "8,128"
+    panel.convert_button.click()
+    assert panel.state == "failed" and "longer than the KV cache" in panel.card.value
+    assert panel.prefill.value == "8,128" and panel.kv.value == 64  # nothing lost
+    panel.prefill.value = "eight"
+    panel.convert_button.click()
+    assert "not a list of lengths" in panel.card.value
+
+
+def test_cancel_click(panel, tmp_path):
+    panel.convert_button.click()
+    panel.cancel_button.click()
+    panel.wait(60)
+    assert panel.state == "cancelled" and "cancelled during" in panel.card.value
+    assert not list(tmp_path.glob("*.tflite"))

@@ -1,0 +1,205 @@
+"""The Convert panel: recipe (or a per-layer mix), lengths, size estimate, Convert/Cancel,
+live stage and memory, then a result card — or an error card that keeps the form.
+
+    panel = ConvertPanel(mapping, out="out")
+    panel.convert()      # returns at once: the conversion runs in a child process
+    panel.wait()         # (scripts and tests) until it ends
+    panel.cancel()
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import ipywidgets as W
+import traitlets
+
+from workbench import WorkbenchError
+from workbench.convert import ConversionError, ConversionResult, Job, convert
+from workbench.recipe import SCHEMES, Recipe
+
+PER_LAYER = "per-layer…"
+_SCHEME_OR_DEFAULT = ("(default)",) + SCHEMES
+
+
+class ConvertPanel(W.VBox):
+    """Convert a mapped model to a checked .tflite, as a job that never blocks the kernel."""
+
+    state = traitlets.Unicode("idle", help="idle | running | done | failed | cancelled")
+    estimate_bytes = traitlets.Int(0)
+
+    def __init__(self, mapping, out: str | Path = "out", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mapping = mapping
+        self.job: Optional[Job] = None
+        self.result: Optional[ConversionResult] = None
+        self.error: Optional[WorkbenchError] = None
+        bp = mapping.blueprint
+        small = {"description_width": "70px"}
+        self.recipe = W.Dropdown(options=SCHEMES + (PER_LAYER,), value="dynamic_int8", description="recipe",
+                                 style=small, layout=W.Layout(width="300px"))
+        self.default = W.Dropdown(options=("(float)",) + SCHEMES[1:], value="dynamic_int8", description="default",
+                                  style=small, layout=W.Layout(width="300px"))
+        self.embedding = W.Dropdown(options=_SCHEME_OR_DEFAULT, value="(default)", description="embedding",
+                                    style=small, layout=W.Layout(width="300px"))
+        self.grid: dict[tuple[int, str], W.Dropdown] = {}
+        rows = [W.HBox([W.HTML("<b>layer</b>", layout=W.Layout(width="60px")),
+                        W.HTML("<b>attention</b>", layout=W.Layout(width="200px")),
+                        W.HTML("<b>feed-forward</b>", layout=W.Layout(width="200px"))])]
+        for i in range(bp.num_layers):
+            cells = []
+            for comp in ("attention", "feedforward"):
+                d = W.Dropdown(options=_SCHEME_OR_DEFAULT, value="(default)", layout=W.Layout(width="200px"))
+                d.observe(lambda _: self._update_estimate(), names="value")
+                self.grid[(i, comp)] = d
+                cells.append(d)
+            rows.append(W.HBox([W.HTML(f"{i}", layout=W.Layout(width="60px")), *cells]))
+        self.per_layer_box = W.VBox([self.default, self.embedding, *rows], layout=W.Layout(display="none"))
+        self.prefill = W.Text(value="8", description="prefill", style=small, layout=W.Layout(width="200px"))
+        self.kv = W.IntText(value=min(1024, bp.max_seq_len), description="kv", style=small,
+                            layout=W.Layout(width="200px"))
+        self.out = W.Text(value=str(out), description="output", style=small, layout=W.Layout(width="400px"))
+        self.estimate_html = W.HTML()
+        for w in (self.recipe, self.default, self.embedding, self.kv):
+            w.observe(lambda _: self._update_estimate(), names="value")
+        self.convert_button = W.Button(description="Convert", icon="cogs", button_style="primary")
+        self.convert_button.on_click(lambda _: self.convert())
+        self.cancel_button = W.Button(description="Cancel", icon="stop", button_style="warning", disabled=True)
+        self.cancel_button.on_click(lambda _: self.cancel())
+        self.progress = W.IntProgress(value=0, min=0, max=7, layout=W.Layout(width="300px"))
+        self.stage_html = W.HTML()
+        self.card = W.HTML()
+        self.children = [
+            W.HTML("<h3 style='margin:4px 0'>Convert and quantize</h3>"),
+            W.HBox([self.recipe, self.estimate_html]),
+            self.per_layer_box,
+            W.HBox([self.prefill, self.kv]),
+            self.out,
+            W.HBox([self.convert_button, self.cancel_button, self.progress, self.stage_html]),
+            self.card,
+        ]
+        self.add_class("ewb-convert")
+        self._update_estimate()
+
+    # ---- the form -----------------------------------------------------------------
+    def recipe_spec(self):
+        """The recipe the form describes: a scheme name or a per-layer dict."""
+        if self.recipe.value != PER_LAYER:
+            return self.recipe.value
+        pick = lambda v: None if v in ("(default)", "(float)") else v  # noqa: E731
+        spec: dict[str, Any] = {"default": pick(self.default.value)}
+        if pick(self.embedding.value):
+            spec["embedding"] = pick(self.embedding.value)
+        for comp in ("attention", "feedforward"):
+            layers = {str(i): pick(d.value) for (i, c), d in self.grid.items() if c == comp and pick(d.value)}
+            if layers:
+                spec[comp] = layers
+        return spec
+
+    def set_layer(self, layer: int, component: str, scheme: str) -> None:
+        """Sets one cell of the per-layer grid (and switches to the per-layer recipe)."""
+        self.recipe.value = PER_LAYER
+        self.grid[(layer, component)].value = scheme
+
+    def _update_estimate(self) -> None:
+        self.per_layer_box.layout.display = "" if self.recipe.value == PER_LAYER else "none"
+        try:
+            r = Recipe.parse(self.recipe_spec())
+            self.estimate_bytes = r.estimate_bytes(self.mapping.blueprint, self.kv.value or None)
+            self.estimate_html.value = (f"estimated size <b>{self.estimate_bytes / 2**20:.2f} MiB</b> "
+                                        f"<span style='color:#777'>({html.escape(r.describe())})</span>")
+        except WorkbenchError as e:
+            self.estimate_html.value = f"<span style='color:#c62828'>{html.escape(str(e))}</span>"
+
+    # ---- actions ------------------------------------------------------------------
+    def convert(self) -> Optional[Job]:
+        """Starts the conversion job (returns at once), or shows why it cannot start."""
+        if self.job is not None and not self.job.done:
+            self._card("A conversion is already running: cancel it first.", error=True)
+            return None
+        try:
+            prefill = [int(p) for p in self.prefill.value.replace(" ", "").split(",") if p]
+        except ValueError:
+            self._card(f"prefill {self.prefill.value!r} is not a list of lengths (e.g. 8,64)", error=True)
+            return None
+        self.result, self.error = None, None
+        try:
+            self.job = convert(self.mapping, recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
+                               out=self.out.value, progress=self._on_progress)
+        except WorkbenchError as e:
+            self.error = e
+            self.state = "failed"
+            self._card(str(e), error=True)
+            return None
+        self.state = "running"
+        self.convert_button.disabled, self.cancel_button.disabled = True, False
+        self.progress.bar_style, self.progress.value = "info", 0
+        self.card.value = ""
+        return self.job
+
+    def cancel(self) -> None:
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[ConversionResult]:
+        """Blocks until the job ends and its card is shown (for scripts, tests, headless runs)."""
+        if self.job is None:
+            return None
+        deadline = None if timeout is None else time.time() + timeout
+        while self.state == "running" and (deadline is None or time.time() < deadline):
+            time.sleep(0.1)
+        return self.result
+
+    # ---- rendering ----------------------------------------------------------------
+    _lock = threading.Lock()
+
+    def _on_progress(self, stage: str, done: int, total: int, detail: str = "") -> None:
+        job = self.job
+        if job is None:
+            return
+        st = job.status()
+        self.progress.max = total
+        self.progress.value = done
+        self.stage_html.value = (f"<code>{html.escape(stage)}</code> {html.escape(detail[:60])} — "
+                                 f"{st['elapsed_s']:.0f} s, {st['rss_bytes'] / 1e9:.2f} GB "
+                                 f"(peak {st['peak_rss_bytes'] / 1e9:.2f} GB)")
+        if job.done:
+            with self._lock:
+                if self.state == "running":
+                    self._finished(job)
+
+    def _finished(self, job: Job) -> None:
+        self.convert_button.disabled, self.cancel_button.disabled = False, True
+        try:
+            self.result = job.result(0)
+        except ConversionError as e:
+            self.error = e
+            self.progress.bar_style = "danger" if not job.cancelled else "warning"
+            tail = f"<details><summary>log tail</summary><pre>{html.escape(e.log_tail)}</pre></details>" \
+                if e.log_tail else ""
+            self._card(str(e), error=True, extra=tail)
+            self.state = "cancelled" if job.cancelled else "failed"
+            return
+        r = self.result
+        c = r.check
+        self.progress.value, self.progress.bar_style = self.progress.max, "success"
+        self.card.value = (
+            "<div class='ewb-result' style='border:1px solid #2e7d32;padding:6px;border-radius:4px'>"
+            f"<b>{html.escape(r.path.name)}</b> — {r.size_bytes / 2**20:.2f} MiB "
+            f"(estimated {self.estimate_bytes / 2**20:.2f}), {r.seconds:.1f} s, peak {r.peak_rss_bytes / 1e9:.2f} GB"
+            f"<br>signatures: <code>{', '.join(r.signatures)}</code>"
+            f"<br>check, {c['positions']} decoded positions vs transformers: max abs diff "
+            f"<b>{c['max_abs_diff']:.3g}</b>, top-1 agreement <b>{c['top1_agreement']:.0%}</b>, mean cosine "
+            f"{c['mean_cosine']:.6f}; vs re-authored PyTorch {c['vs_reauthored']['max_abs_diff']:.3g}"
+            f"<br>manifest: <a href='{html.escape(str(r.manifest_path))}' target='_blank'>"
+            f"{html.escape(r.manifest_path.name)}</a></div>")
+        self.state = "done"
+
+    def _card(self, text: str, error: bool = False, extra: str = "") -> None:
+        color = "#c62828" if error else "#2e7d32"
+        self.card.value = (f"<div class='ewb-error' style='border:1px solid {color};padding:6px;border-radius:4px;"
+                           f"color:{color};white-space:pre-wrap'>{html.escape(text)}</div>{extra}")
