@@ -21,7 +21,7 @@ def panel(samples, tmp_path):
 def test_estimate_follows_the_recipe_and_the_grid(panel):
     int8 = panel.estimate_bytes
     panel.recipe.value = "none"
-    assert panel.estimate_bytes > 3 * int8
+    assert panel.estimate_bytes > 2 * int8
     panel.set_layer(1, "feedforward", "fp16")
     assert panel.recipe.value == PER_LAYER and panel.per_layer_box.layout.display == ""
     assert panel.recipe_spec() == {"default": "dynamic_int8", "feedforward": {"1": "fp16"}}
@@ -56,3 +56,15 @@ def test_cancel_click(panel, tmp_path):
     panel.wait(60)
     assert panel.state == "cancelled" and "cancelled during" in panel.card.value
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_quantized_result_shows_the_error_view_and_its_proposal(panel):
+    panel.recipe.value = "dynamic_int8"
+    panel.convert()
+    res = panel.wait(600)
+    assert panel.state == "done" and res.quant_error is not None
+    assert "Where quantization hurts" in panel.error_table.value
+    assert len(panel.error_figure.data) == 2 and not panel.use_proposal_button.disabled
+    panel.use_proposal_button.click()
+    assert panel.recipe.value == PER_LAYER
+    assert panel.recipe_spec() == res.quant_error["proposal"]

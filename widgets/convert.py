@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ipywidgets as W
+import plotly.graph_objects as go
 import traitlets
 
 from workbench import WorkbenchError
@@ -73,6 +74,11 @@ class ConvertPanel(W.VBox):
         self.progress = W.IntProgress(value=0, min=0, max=7, layout=W.Layout(width="300px"))
         self.stage_html = W.HTML()
         self.card = W.HTML()
+        self.error_figure = go.FigureWidget()
+        self.error_figure.layout.height = 10
+        self.error_table = W.HTML()
+        self.use_proposal_button = W.Button(description="Use proposed recipe", icon="magic", disabled=True)
+        self.use_proposal_button.on_click(lambda _: self.use_proposal())
         self.children = [
             W.HTML("<h3 style='margin:4px 0'>Convert and quantize</h3>"),
             W.HBox([self.recipe, self.estimate_html]),
@@ -81,6 +87,9 @@ class ConvertPanel(W.VBox):
             self.out,
             W.HBox([self.convert_button, self.cancel_button, self.progress, self.stage_html]),
             self.card,
+            self.error_table,
+            self.error_figure,
+            self.use_proposal_button,
         ]
         self.add_class("ewb-convert")
         self._update_estimate()
@@ -141,6 +150,26 @@ class ConvertPanel(W.VBox):
         self.card.value = ""
         return self.job
 
+    def use_proposal(self) -> None:
+        """Loads the recipe the last quantization-error analysis proposed into the form."""
+        qe = self.result.quant_error if self.result else None
+        if not qe or not qe.get("proposal"):
+            return
+        self.apply_recipe(qe["proposal"])
+
+    def apply_recipe(self, spec) -> None:
+        """Puts a recipe (name or per-layer dict) into the form."""
+        r = Recipe.parse(spec)
+        if r.name != "mixed":
+            self.recipe.value = r.name
+            return
+        self.recipe.value = PER_LAYER
+        self.default.value = r.default or "(float)"
+        self.embedding.value = r.embedding or "(default)"
+        for (i, comp), d in self.grid.items():
+            v = getattr(r, comp)
+            d.value = (v.get(i) if isinstance(v, dict) else v) or "(default)"
+
     def cancel(self) -> None:
         if self.job is not None and not self.job.done:
             self.job.cancel()
@@ -197,7 +226,26 @@ class ConvertPanel(W.VBox):
             f"{c['mean_cosine']:.6f}; vs re-authored PyTorch {c['vs_reauthored']['max_abs_diff']:.3g}"
             f"<br>manifest: <a href='{html.escape(str(r.manifest_path))}' target='_blank'>"
             f"{html.escape(r.manifest_path.name)}</a></div>")
+        self._show_quant_error(r.quant_error)
         self.state = "done"
+
+    def _show_quant_error(self, qe: Optional[dict]) -> None:
+        from workbench import quant_error
+
+        self.use_proposal_button.disabled = not (qe and qe.get("proposal"))
+        if not qe:
+            self.error_table.value = ""
+            return
+        fig = quant_error.figure(qe)
+        with self.error_figure.batch_update():
+            self.error_figure.data = []
+            self.error_figure.add_traces(list(fig.data))
+            self.error_figure.layout = fig.layout
+        worst = ", ".join(f"layer {w['layer']} {w['component']} (+{w['added']:.2g})" for w in qe["worst"])
+        proposal = Recipe.parse(qe["proposal"]).describe() if qe.get("proposal") else "—"
+        self.error_table.value = (f"<div class='ewb-quant-error'><b>Where quantization hurts</b> "
+                                  f"(MSE vs float, decode): most added by {html.escape(worst)}.<br>"
+                                  f"Proposed: <code>{html.escape(proposal)}</code></div>")
 
     def _card(self, text: str, error: bool = False, extra: str = "") -> None:
         color = "#c62828" if error else "#2e7d32"

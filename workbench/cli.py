@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import WorkbenchError
@@ -105,7 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
         bp = Blueprint.from_hf(args.hf_dir)
         m = Mapping.propose(bp, args.hf_dir)
     c = compare(args.hf_dir, bp, m, prompts=[args.prompt] if args.prompt else None, tol=args.tol,
-                max_new_tokens=args.max_new)
+                max_new_tokens=args.max_new, tflite=args.tflite)
     out = c.to_json()
     g = c.generation
     lines = [f"{'PASSED' if c.passed else 'NOT PASSED'}: {c.verdict()}",
@@ -115,6 +116,10 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     lines += [f"  {r.name:<42} max {r.max_abs_diff:9.3g}  mean {r.mean_abs_diff:9.3g}  cos {r.cosine:.6f}"
               for r in c.records]
     lines += [f"  note: {n}" for n in c.notes]
+    if c.converted:
+        v = c.converted
+        lines.append(f"converted {Path(v['path']).name}: max abs diff {v['max_abs_diff']:.3g}, "
+                     f"top-1 agreement {v['top1_agreement']:.0%} over {v['positions']} positions")
     if not c.passed:
         args._exit_code = EXIT_NOT_PASSED
     return out, "\n".join(lines)
@@ -195,6 +200,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt", default=None, help="text to run (default: a short sentence)")
     c.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
     c.add_argument("--max-new", type=int, default=8, help="greedy tokens to generate side by side")
+    c.add_argument("--tflite", default=None, help="also compare a converted .tflite's logits end to end")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     v = sub.add_parser("convert", help="convert to a LiteRT .tflite (prefill/decode signatures), checked")
     v.add_argument("hf_dir", help="a Hugging Face model folder")

@@ -93,6 +93,7 @@ class Comparison:
     tol: float
     notes: list[str] = dataclasses.field(default_factory=list)
     num_layers: int = 0
+    converted: Optional[dict] = None  # end-to-end logits of a converted .tflite vs the original
 
     def first_divergence(self, tol: Optional[float] = None) -> Optional[Divergence]:
         """The first capture point, in forward order, whose max abs diff exceeds `tol`."""
@@ -129,6 +130,7 @@ class Comparison:
             "generation": self.generation,
             "prompts": self.prompts,
             "notes": self.notes,
+            "converted": self.converted,
         }
 
     def figures(self):
@@ -273,7 +275,8 @@ def compare(hf_dir: str | Path, model_or_blueprint, mapping: Optional["Mapping"]
     `model_or_blueprint`: a loaded re-authored model, or a Blueprint (its weights are
     loaded through `mapping`, proposed when None). `prompts`: texts (tokenized with the
     folder's tokenizer) or lists of token ids; default: one short text, or ids when the
-    folder has no tokenizer.
+    folder has no tokenizer. `tflite`: a converted model, whose decode logits at every
+    position of the first prompt are compared with the original's too (`c.converted`).
     """
     from workbench._quiet import import_stack
 
@@ -358,9 +361,28 @@ def compare(hf_dir: str | Path, model_or_blueprint, mapping: Optional["Mapping"]
     report(progress, "generate", 0, 1, "greedy, both models")
     gen = _generate_side_by_side(original, model, ids[0], max_new_tokens, tok)
     report(progress, "generate", 1, 1, "done")
+    converted = _converted_logits(tflite, original, ids[0]) if tflite else None
     return Comparison(records, {"max_abs_diff": max_logit, "mean_abs_diff": sum(mean_logit) / len(mean_logit),
                                 "top1_agreement": sum(top1) / len(top1)},
-                      gen, ids, tol, notes, bp.num_layers)
+                      gen, ids, tol, notes, bp.num_layers, converted)
+
+
+def _converted_logits(path, original, prompt: list[int]) -> dict:
+    """The converted model decodes the prompt token by token (its decode signature, KV cache
+    carried along); its logits at every position against the original's."""
+    import numpy as np
+    import torch
+
+    from workbench.check import SignatureModel, _metrics
+
+    sm = SignatureModel(path)
+    if len(prompt) > sm.kv_len:
+        raise CompareError(f"the prompt has {len(prompt)} tokens but {Path(path).name} holds {sm.kv_len}",
+                           hint="shorten the prompt or convert with a larger kv")
+    got = np.stack([sm.decode(t, p) for p, t in enumerate(prompt)])
+    with torch.no_grad():
+        ref = original(torch.tensor([prompt])).logits[0].numpy()
+    return {"path": str(path), "positions": len(prompt), **_metrics(got, ref)}
 
 
 def _generate_side_by_side(original, model, prompt: list[int], n: int, tok) -> dict:

@@ -51,11 +51,12 @@ class ConversionResult:
     seconds: float
     peak_rss_bytes: int
     recipe: Any
+    quant_error: Optional[dict] = None  # where quantization hurts (quantized recipes)
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "manifest": str(self.manifest_path), "size_bytes": self.size_bytes,
                 "signatures": self.signatures, "check": self.check, "seconds": self.seconds,
-                "peak_rss_bytes": self.peak_rss_bytes, "recipe": self.recipe}
+                "peak_rss_bytes": self.peak_rss_bytes, "recipe": self.recipe, "quant_error": self.quant_error}
 
 
 def _gb(n: int) -> str:
@@ -222,7 +223,7 @@ class Job:
         spec = self.spec
         partial, final = Path(spec["partial"]), Path(spec["path"])
         check = done["check"]
-        if not check.get("finite", False):
+        if not check.get("skipped") and not check.get("finite", False):
             raise ConversionError("the converted model produced non-finite logits", "see the log")
         sigs = describe_signatures(partial)
         versions = {}
@@ -241,6 +242,7 @@ class Job:
             "versions": versions, "blueprint_fingerprint": spec["blueprint_fingerprint"],
             "mapping_hash": spec["mapping_hash"], "seconds": done["seconds"],
             "peak_rss_bytes": self.peak_rss_bytes, "check": check, "checkpoint": spec["checkpoint"],
+            "quant_error": done.get("quant_error"),
         }
         mp = Path(spec["manifest_partial"])
         mp.write_text(json.dumps(manifest, indent=1))
@@ -250,7 +252,7 @@ class Job:
         manifest_path = final.with_suffix(".json")
         os.replace(mp, manifest_path)
         return ConversionResult(final, manifest_path, manifest["size_bytes"], list(sigs), check, done["seconds"],
-                                self.peak_rss_bytes, spec["recipe"])
+                                self.peak_rss_bytes, spec["recipe"], manifest["quant_error"])
 
     def __repr__(self) -> str:
         s = self.status()
@@ -266,7 +268,8 @@ def _hash(data: Any) -> str:
 
 def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", prefill: Sequence[int] = (8,),
             kv: int = 1024, out: Union[str, Path] = "out", name: Optional[str] = None,
-            progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6) -> Job:
+            progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6,
+            analyze: Optional[bool] = None) -> Job:
     """Starts a conversion in a child process and returns its Job at once.
 
     `source`: a Mapping (its Blueprint rides along), or a Hugging Face folder (the
@@ -326,6 +329,8 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         "manifest_partial": str((out / f".{name}.json.partial-{uuid.uuid4().hex[:8]}").resolve()),
         "mapping": str(mapping_path), "checkpoint": str(Path(mapping.checkpoint.root).resolve()),
         "threads": threads or os.cpu_count() or 1, "check_steps": check_steps,
+        # ai-edge-quantizer's validate keeps every tensor: measured by default up to 300M parameters
+        "analyze": analyze if analyze is not None else bp.summary().params < 300_000_000,
         "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": _hash(mapping.to_json()["tensor_names"]),
         "estimated_bytes": r.estimate_bytes(bp, kv),
         "schemes": {"embedding": r.scheme_of("embedding"),

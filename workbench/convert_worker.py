@@ -28,6 +28,11 @@ STAGES = ("build", "load weights", "export", "lower", "quantize", "write", "chec
 def emit(event: str, **data) -> None:
     _EVENTS.write(json.dumps({"event": event, "t": time.time(), **data}) + "\n")
     _EVENTS.flush()
+    # Test seams: hold (to cancel or kill there) or crash at the start of a named stage.
+    if event == "stage" and os.environ.get("EWB_TEST_SLEEP_AT") == data.get("stage"):
+        time.sleep(600)
+    if event == "stage" and os.environ.get("EWB_TEST_CRASH_AT") == data.get("stage"):
+        os.abort()
 
 
 def _litert_stage(name: str) -> str | None:
@@ -68,6 +73,7 @@ def run(spec: dict) -> dict:
 
     emit("stage", stage="build", detail="importing litert-torch")
     import_stack()
+    import numpy as np
     import torch
 
     from workbench import check as checks
@@ -84,13 +90,9 @@ def run(spec: dict) -> dict:
     bp = m.blueprint
     kv = spec["kv"]
     recipe = Recipe.parse(spec["recipe"])
-    if os.environ.get("EWB_TEST_CRASH_AT") == "build":
-        os.abort()
     emit("stage", stage="load weights", detail=f"{len(m.checkpoint.tensors)} tensors")
     model = m.load(kv_cache_length=kv,
                    progress=lambda st, d, t, detail="": emit("progress", stage="load weights", done=d, total=t))
-    if os.environ.get("EWB_TEST_SLEEP_AT") == "load weights":
-        time.sleep(600)
     conv = converter_utils.Converter()
     export_config = converter.ExportConfig()
     converter._add_signatures(conv, model, list(spec["prefill"]), kv, None, 0, model.config, [None], export_config)
@@ -103,19 +105,37 @@ def run(spec: dict) -> dict:
         raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(partial))
     edge.export(str(partial))
     del edge, conv
+    quant_error = None
     if recipe.name != "none":
-        from litert_torch.quantize import translate_recipe
+        from ai_edge_quantizer import quantizer
+
+        from workbench import quant_error as qe
 
         emit("stage", stage="quantize", detail=recipe.describe())
-        quantized = translate_recipe.quantize_model(partial.read_bytes(),
-                                                    recipe.ai_edge_recipe(tied_head=bp.tie_embeddings))
+        qt = quantizer.Quantizer(str(partial), recipe.ai_edge_recipe(tied_head=bp.tie_embeddings))
+        quantized = qt.quantize(enable_progress_report=False).quantized_model
+        if spec.get("analyze", True):
+            emit("stage", stage="quantize", detail="per-op error against float (ai-edge-quantizer validate)")
+            sm = checks.SignatureModel(partial, threads=1)
+            ids = checks.prompt_ids(spec["checkpoint"], min(spec["prefill"]) + 1)
+            if len(ids) > 1:
+                sm.prefill(ids[:-1])
+            inputs = {"tokens": np.array([[ids[-1]]], dtype=np.int32),
+                      "input_pos": np.array([len(ids) - 1], dtype=np.int32), **sm.kv}
+            del sm
+            val = qt.validate(test_data={"decode": [inputs]}, num_threads=int(spec.get("threads", 1)))
+            quant_error = qe.summarize(val.get_all_tensor_results(), recipe, bp.num_layers)
+            del val
         emit("stage", stage="write", detail=f"{final.name} (quantized)")
         partial.write_bytes(bytes(quantized))
-        del quantized
+        del quantized, qt
     emit("stage", stage="check", detail="ai-edge-litert: prefill then decode, against PyTorch and transformers")
-    result = checks.check_tflite(partial, model, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
-                                 steps=spec.get("check_steps", 6))
-    return {"check": result}
+    if spec.get("check_steps", 6) > 0:
+        result = checks.check_tflite(partial, model, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
+                                     steps=spec["check_steps"])
+    else:
+        result = {"skipped": True}
+    return {"check": result, "quant_error": quant_error}
 
 
 def main(argv: list[str]) -> int:

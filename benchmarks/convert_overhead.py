@@ -1,0 +1,119 @@
+"""Workbench conversion overhead over litert-torch's converter called directly (target: <= 5%
+time and <= 5% peak memory), side by side in one run.
+
+    python benchmarks/convert_overhead.py [--layers 12] [--hidden 512] [--recipe dynamic_int8]
+
+Both sides convert the same llama-shaped random checkpoint (made under benchmarks/_work,
+never committed) with the same prefill lengths, kv and recipe, each in a fresh process
+whose peak RSS is sampled (the process tree, every 0.1 s):
+  litert-torch: build_decoder_only_model (ModelLoader) + converter.convert_to_tflite
+  workbench:    convert(...) job: meta-device build, mmapped load, float conversion,
+                ai-edge-quantizer, atomic write + manifest; reported with and without the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+LITERT = textwrap.dedent("""
+    import sys, time
+    from workbench._quiet import import_stack
+    import_stack()
+    from litert_torch.generative.utilities import converter, model_builder
+    from litert_torch.generative.utilities.loader import ModelLoader
+    from workbench import Blueprint
+    folder, out, recipe, kv = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    t = time.time()
+    bp = Blueprint.from_hf(folder)
+    names = ModelLoader.TensorNames(**{k: v for k, v in bp.tensor_names().items() if v})
+    model = model_builder.build_decoder_only_model(folder, bp.model_config(), names, mask_cache_size=kv)
+    converter.convert_to_tflite(model, out, "litert", prefill_seq_len=[8, 64], kv_cache_max_len=kv, quantize=recipe,
+                                export_config=converter.ExportConfig())
+    print(time.time() - t)
+""")
+
+WORKBENCH = textwrap.dedent("""
+    import sys, time
+    from workbench._quiet import import_stack
+    import_stack()
+    from workbench.convert import convert
+    folder, out, recipe, kv, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    t = time.time()
+    job = convert(folder, recipe=recipe, prefill=[8, 64], kv=kv, out=out, check_steps=steps)
+    res = job.result()
+    print(time.time() - t)
+""")
+
+
+def measure(code: str, args: list[str]) -> tuple[float, int]:
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    peak = [0]
+
+    def sample():
+        p = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                peak[0] = max(peak[0], sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sample, daemon=True)
+    start = time.time()
+    t.start()
+    out, _ = proc.communicate()
+    wall = time.time() - start
+    t.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}")
+    return wall, peak[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--recipe", default="dynamic_int8")
+    ap.add_argument("--kv", type=int, default=256)
+    args = ap.parse_args()
+    folder = HERE / "_work" / f"llama-{args.layers}x{args.hidden}"
+    if not (folder / "config.json").exists():
+        import torch
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=8000, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
+                          num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
+                          max_position_embeddings=1024)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows["litert-torch convert_to_tflite"] = measure(LITERT, [str(folder), tmp + "/a", args.recipe, str(args.kv)])
+        rows["workbench job, no check"] = measure(WORKBENCH, [str(folder), tmp + "/b", args.recipe, str(args.kv), "0"])
+        rows["workbench job, with check"] = measure(WORKBENCH, [str(folder), tmp + "/c", args.recipe, str(args.kv),
+                                                                "6"])
+        sizes = {p.parent.name: p.stat().st_size for p in Path(tmp).glob("*/*.tflite")}
+    base_t, base_m = rows["litert-torch convert_to_tflite"]
+    print(f"conversion of llama {args.layers} x {args.hidden} ({args.recipe}, prefill 8+64, kv {args.kv}), "
+          "fresh process each, wall time incl. imports:")
+    for name, (t, m) in rows.items():
+        print(f"  {name:<32} {t:6.1f} s ({t / base_t:5.2f}x)   peak {m / 1e9:5.2f} GB ({m / base_m:5.2f}x)")
+    print(f"  file sizes: {json.dumps(sizes)}")
+    print("  targets: workbench / litert-torch <= 1.05x in time and in peak memory (without the check)")
+
+
+if __name__ == "__main__":
+    main()
