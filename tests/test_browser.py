@@ -57,3 +57,16 @@ def test_compare_panel_renders_in_jupyterlab(lab, tmp_path):
         assert "first divergence at embedding" in faulty
         assert page.locator(".ewb-compare .js-plotly-plot").count() >= 4
         page.screenshot(path=str(tmp_path / "compare.png"))
+
+
+def test_convert_panel_renders_in_jupyterlab(lab, tmp_path):
+    with browser.browser_page() as page:
+        browser.run_all_cells(page, lab.notebook_url(browser.ROOT / "notebooks" / "04_convert.ipynb"),
+                              ".ewb-convert .ewb-quant-error", timeout_ms=600_000)
+        panel = page.locator(".ewb-convert").first
+        panel.scroll_into_view_if_needed()
+        text = panel.inner_text()
+        assert "Convert and quantize" in text and "estimated size" in text
+        assert "top-1 agreement" in text and "Where quantization hurts" in text
+        assert page.locator(".ewb-convert .js-plotly-plot").count() >= 1
+        page.screenshot(path=str(tmp_path / "convert.png"))

@@ -40,7 +40,7 @@ class ConvertPanel(W.VBox):
         self.result: Optional[ConversionResult] = None
         self.error: Optional[WorkbenchError] = None
         bp = mapping.blueprint
-        small = {"description_width": "70px"}
+        small = {"description_width": "80px"}
         self.recipe = W.Dropdown(options=SCHEMES + (PER_LAYER,), value="dynamic_int8", description="recipe",
                                  style=small, layout=W.Layout(width="300px"))
         self.default = W.Dropdown(options=("(float)",) + SCHEMES[1:], value="dynamic_int8", description="default",
@@ -203,6 +203,9 @@ class ConvertPanel(W.VBox):
 
     def _finished(self, job: Job) -> None:
         self.convert_button.disabled, self.cancel_button.disabled = False, True
+        st = job.status()
+        self.stage_html.value = (f"{'cancelled' if job.cancelled else 'ended'} after {st['elapsed_s']:.0f} s, "
+                                 f"peak {st['peak_rss_bytes'] / 1e9:.2f} GB")
         try:
             self.result = job.result(0)
         except ConversionError as e:

@@ -73,20 +73,22 @@ def summarize(tensor_results: dict[str, dict], recipe, num_layers: int, keep_fra
 
 
 def figure(quant_error: dict) -> Any:
-    """Error each layer's attention and feed-forward add (log scale), the worst marked."""
+    """Error at each layer's attention and feed-forward output (log scale); outlined: the
+    parts that add the most, proposed for fp16."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     worst = {(w["layer"], w["component"]) for w in quant_error.get("worst", [])}
     for comp, color in (("attention", "#bf616a"), ("feedforward", "#d08770")):
         rs = [r for r in quant_error["parts"] if r["component"] == comp]
-        fig.add_trace(go.Bar(x=[f"L{r['layer']}" for r in rs], y=[max(r["added"], 1e-12) for r in rs], name=comp,
+        fig.add_trace(go.Bar(x=[f"L{r['layer']}" for r in rs], y=[max(r["mse"], 1e-12) for r in rs], name=comp,
                              marker_color=color,
                              marker_line=dict(width=[3 if (r["layer"], comp) in worst else 0 for r in rs],
                                               color="#000"),
-                             customdata=[r["scheme"] for r in rs],
-                             hovertemplate="%{x} " + comp + " (%{customdata}): +%{y:.3g} MSE<extra></extra>"))
-    fig.update_layout(title="Quantization error each part adds (MSE vs float; outlined: proposed for fp16)",
+                             customdata=[[r["scheme"], r["added"]] for r in rs],
+                             hovertemplate="%{x} " + comp + " (%{customdata[0]}): MSE %{y:.3g}, adds "
+                                           "%{customdata[1]:.3g}<extra></extra>"))
+    fig.update_layout(title="Quantization error at each part's output (MSE vs float; outlined: proposed for fp16)",
                       yaxis_type="log", yaxis_exponentformat="power", barmode="group", height=330,
                       template="plotly_white", margin=dict(l=60, r=10, t=40, b=30))
     return fig
