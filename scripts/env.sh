@@ -28,11 +28,15 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "edge-workbench: could not install chromium; browser tests will be skipped" >&2
 fi
 # Point the (shared) venv's editable install at this clone; cheap when it already does.
-if ! "$EWB_VENV/bin/python" - "$EWB_ROOT" <<'PY' 2>/dev/null
-import sys, pathlib, workbench
-sys.exit(0 if pathlib.Path(workbench.__file__).resolve().parent.parent == pathlib.Path(sys.argv[1]).resolve() else 1)
+# Checked from / so the current folder cannot stand in for the installed packages.
+if ! (cd / && "$EWB_VENV/bin/python" - "$EWB_ROOT" <<'PY' 2>/dev/null
+import pathlib, sys
+import workbench, workbench_widgets
+root = pathlib.Path(sys.argv[1]).resolve()
+ok = all(root in pathlib.Path(m.__file__).resolve().parents for m in (workbench, workbench_widgets))
+sys.exit(0 if ok else 1)
 PY
-then
+); then
   "$EWB_VENV/bin/python" -m pip install -q --no-deps -e "$EWB_ROOT"
 fi
 export PATH="$EWB_VENV/bin:$PATH"
