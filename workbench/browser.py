@@ -53,9 +53,13 @@ class JupyterLab:
         self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "JupyterLab":
-        settings = Path(self._tmp.name) / "settings" / "@jupyterlab" / "apputils-extension"
-        settings.mkdir(parents=True)  # no "news?" toast over the screenshots
-        (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+        settings = Path(self._tmp.name) / "settings" / "@jupyterlab"
+        (settings / "apputils-extension").mkdir(parents=True)  # no "news?" toast over the screenshots
+        (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+            '{"fetchNews": "false", "checkForUpdates": false}')
+        # Never save: running a notebook here must not write its outputs into the repository.
+        (settings / "docmanager-extension").mkdir(parents=True)
+        (settings / "docmanager-extension" / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": self._tmp.name, "JUPYTER_CONFIG_DIR": self._tmp.name + "/cfg"}
         cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",

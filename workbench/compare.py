@@ -268,7 +268,7 @@ def _tokenize(hf_dir: Path, prompts, notes: list[str]) -> tuple[list[list[int]],
 
 def compare(hf_dir: str | Path, model_or_blueprint, mapping: Optional["Mapping"] = None,
             prompts: Optional[Sequence] = None, tol: float = 1e-4, max_new_tokens: int = 8,
-            progress: Optional[Progress] = None) -> Comparison:
+            progress: Optional[Progress] = None, tflite: Optional[str | Path] = None) -> Comparison:
     """Runs the original and the re-authored model on the same tokens and records, for every
     decoder layer and sub-module, how far apart they are.
 
