@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import traitlets
 
 from workbench import WorkbenchError
-from workbench.convert import ConversionError, ConversionResult, Job, convert
+from workbench.convert import ConversionError, ConversionResult, Job, convert, prewarm
 from workbench.recipe import SCHEMES, Recipe
 
 PER_LAYER = "per-layer…"
@@ -93,6 +93,7 @@ class ConvertPanel(W.VBox):
         ]
         self.add_class("ewb-convert")
         self._update_estimate()
+        prewarm()  # the first Convert click skips the ~5 s import of torch/litert-torch
 
     # ---- the form -----------------------------------------------------------------
     def recipe_spec(self):
@@ -231,6 +232,7 @@ class ConvertPanel(W.VBox):
             f"{html.escape(r.manifest_path.name)}</a></div>")
         self._show_quant_error(r.quant_error)
         self.state = "done"
+        prewarm()
 
     def _show_quant_error(self, qe: Optional[dict]) -> None:
         from workbench import quant_error

@@ -13,6 +13,7 @@ temporary names that are renamed only when both are complete.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
@@ -63,6 +64,50 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
+_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+_warm: Optional[tuple[subprocess.Popen, Path]] = None
+_warm_lock = threading.Lock()
+
+
+def prewarm(wait: bool = False, timeout: float = 120) -> None:
+    """Starts a worker that imports torch/litert-torch now, so the next conversion skips
+    that (~5 s). It waits on its stdin; it exits when this process does."""
+    global _warm
+    with _warm_lock:
+        if _warm is None or _warm[0].poll() is not None:
+            log = Path(tempfile.mkdtemp(prefix="ewb-warm-")) / "job.log"
+            proc = subprocess.Popen([sys.executable, "-m", "workbench.convert_worker", "--serve"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"),
+                                    env={**os.environ, **_ENV}, text=True, start_new_session=True)
+            _warm = (proc, log)
+        proc = _warm[0]
+    if wait:
+        line = proc.stdout.readline()  # the "ready" event
+        if '"ready"' not in line:
+            raise ConversionError("the conversion worker did not start", hint="see its log: " + str(_warm[1]))
+        proc._ewb_ready = True
+
+
+def _take_warm() -> Optional[tuple[subprocess.Popen, Path]]:
+    global _warm
+    if any(k.startswith("EWB_TEST_") for k in os.environ):
+        return None  # test seams live in the environment a fresh worker inherits
+    with _warm_lock:
+        w, _warm = _warm, None
+    if w is not None and w[0].poll() is None:
+        return w
+    if w is not None:
+        w[0].wait()
+    return None
+
+
+@atexit.register
+def _stop_warm() -> None:
+    w = _take_warm()
+    if w is not None:
+        w[0].kill()
+
+
 class Job:
     """A running conversion. Thread-safe to poll; `result()` waits for the end."""
 
@@ -79,12 +124,18 @@ class Job:
         self.peak_rss_bytes = 0
         self.cancelled = False
         self._outcome: Optional[dict] = None
-        self._log_path = workdir / "job.log"
-        self._log = open(self._log_path, "w")
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.convert_worker", str(workdir / "spec.json")],
-                                     stdout=subprocess.PIPE, stderr=self._log, env=env, text=True,
-                                     start_new_session=True)
+        warm = _take_warm()
+        if warm is not None:  # a worker that has imported the stack already takes the spec
+            self.proc, self._log_path = warm
+            self._log = open(self._log_path, "a")
+            self.proc.stdin.write(str(workdir / "spec.json") + "\n")
+            self.proc.stdin.close()
+        else:
+            self._log_path = workdir / "job.log"
+            self._log = open(self._log_path, "w")
+            self.proc = subprocess.Popen([sys.executable, "-m", "workbench.convert_worker",
+                                          str(workdir / "spec.json")], stdout=subprocess.PIPE, stderr=self._log,
+                                         env={**os.environ, **_ENV}, text=True, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._reader.start()

@@ -62,6 +62,7 @@ def _hook_litert_progress() -> None:
         with original(name):
             yield
 
+    task._ewb_hooked = True
     progress.task = task
     import litert_torch._convert.converter_v2 as cv2  # it imported `progress` by module, so patch is seen
 
@@ -80,7 +81,10 @@ def run(spec: dict) -> dict:
     from workbench.mapping import Mapping
     from workbench.recipe import Recipe
 
-    _hook_litert_progress()
+    from litert_torch import progress as _progress
+
+    if not getattr(_progress.task, "_ewb_hooked", False):
+        _hook_litert_progress()
     from litert_torch._convert import interface as converter_utils
     from litert_torch.generative.utilities import converter
 
@@ -143,6 +147,21 @@ def main(argv: list[str]) -> int:
     _EVENTS = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # libraries that print to stdout now print into the log
     sys.stdout = sys.stderr
+    if argv[0] == "--serve":
+        # A warm worker: import the stack now, then wait for one spec path on stdin
+        # (EOF — the parent went away — ends it quietly).
+        from workbench._quiet import import_stack
+
+        import_stack()
+        _hook_litert_progress()
+        import litert_torch._convert.interface  # noqa: F401
+        import litert_torch.generative.utilities.converter  # noqa: F401
+
+        emit("ready")
+        line = sys.stdin.readline().strip()
+        if not line:
+            return 0
+        argv = [line]
     spec = json.loads(Path(argv[0]).read_text())
     t0 = time.time()
     try:
