@@ -41,7 +41,7 @@ def _litert_stage(name: str) -> str | None:
         return "export"
     if name.startswith(("Run FX Passes", "Lower to MLIR", "Create MLIR", "Merge MLIR", "Run LiteRT Converter")):
         return "lower"
-    if name.startswith("Quantiz"):
+    if name.startswith("Quantiz"):  # litert-torch's in-memory "Quantize Model"
         return "quantize"
     if name.startswith("Write Model"):
         return "write"
@@ -100,8 +100,19 @@ def run(spec: dict) -> dict:
     conv = converter_utils.Converter()
     export_config = converter.ExportConfig()
     converter._add_signatures(conv, model, list(spec["prefill"]), kv, None, 0, model.config, [None], export_config)
+    analyze = recipe.name != "none" and spec.get("analyze", True)
+    quant_config = None
+    if recipe.name != "none" and not analyze:
+        # Quantize in memory inside litert-torch's converter, as its own recipes would, but
+        # under our ai-edge-quantizer rules (its translation matches no 0.10 tensor names).
+        from litert_torch.generative.quantize import quant_recipes
+        from litert_torch.quantize import translate_recipe
+
+        ours = recipe.ai_edge_recipe(tied_head=bp.tie_embeddings)
+        translate_recipe.translate_to_ai_edge_recipe = lambda _generative_recipe: ours
+        quant_config = quant_recipes.full_dynamic_recipe(mcfg=model.config)  # only carries "quantize"
     emit("stage", stage="export", detail="torch.export of every signature")
-    edge = conv.convert()  # float; quantized below with ai-edge-quantizer
+    edge = conv.convert(quant_config=quant_config)
     final = Path(spec["path"])
     partial = Path(spec["partial"])
     emit("stage", stage="write", detail=str(final.name))
@@ -110,7 +121,8 @@ def run(spec: dict) -> dict:
     edge.export(str(partial))
     del edge, conv
     quant_error = None
-    if recipe.name != "none":
+    if analyze:
+        # Float first, then ai-edge-quantizer here: its validate needs both models.
         from ai_edge_quantizer import quantizer
 
         from workbench import quant_error as qe
@@ -118,18 +130,17 @@ def run(spec: dict) -> dict:
         emit("stage", stage="quantize", detail=recipe.describe())
         qt = quantizer.Quantizer(str(partial), recipe.ai_edge_recipe(tied_head=bp.tie_embeddings))
         quantized = qt.quantize(enable_progress_report=False).quantized_model
-        if spec.get("analyze", True):
-            emit("stage", stage="quantize", detail="per-op error against float (ai-edge-quantizer validate)")
-            sm = checks.SignatureModel(partial, threads=1)
-            ids = checks.prompt_ids(spec["checkpoint"], min(spec["prefill"]) + 1)
-            if len(ids) > 1:
-                sm.prefill(ids[:-1])
-            inputs = {"tokens": np.array([[ids[-1]]], dtype=np.int32),
-                      "input_pos": np.array([len(ids) - 1], dtype=np.int32), **sm.kv}
-            del sm
-            val = qt.validate(test_data={"decode": [inputs]}, num_threads=int(spec.get("threads", 1)))
-            quant_error = qe.summarize(val.get_all_tensor_results(), recipe, bp.num_layers)
-            del val
+        emit("stage", stage="quantize", detail="per-op error against float (ai-edge-quantizer validate)")
+        sm = checks.SignatureModel(partial, threads=1)
+        ids = checks.prompt_ids(spec["checkpoint"], min(spec["prefill"]) + 1)
+        if len(ids) > 1:
+            sm.prefill(ids[:-1])
+        inputs = {"tokens": np.array([[ids[-1]]], dtype=np.int32),
+                  "input_pos": np.array([len(ids) - 1], dtype=np.int32), **sm.kv}
+        del sm
+        val = qt.validate(test_data={"decode": [inputs]}, num_threads=int(spec.get("threads", 1)))
+        quant_error = qe.summarize(val.get_all_tensor_results(), recipe, bp.num_layers)
+        del val
         emit("stage", stage="write", detail=f"{final.name} (quantized)")
         partial.write_bytes(bytes(quantized))
         del quantized, qt
