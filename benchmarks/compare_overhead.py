@@ -12,11 +12,14 @@ excluded from both sides; they are the same work either way.
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _models import llama_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -37,13 +40,7 @@ def main() -> None:
     from workbench import compare as cmp
     from workbench.mapping import Mapping
 
-    folder = HERE / "_work" / f"llama-{args.layers}x{args.hidden}"
-    if not (folder / "config.json").exists():
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=8000, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-                          num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
-                          max_position_embeddings=1024)
-        AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    folder = llama_checkpoint(args.layers, args.hidden)
     bp = Blueprint.from_hf(folder)
     m = Mapping.propose(bp, folder)
     ours = m.load(kv_cache_length=args.tokens)

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _models import llama_checkpoint  # noqa: E402
 
 LITERT = textwrap.dedent("""
     import json, sys, time
@@ -92,16 +94,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="dynamic_int8")
     ap.add_argument("--kv", type=int, default=256)
     args = ap.parse_args()
-    folder = HERE / "_work" / f"llama-{args.layers}x{args.hidden}"
-    if not (folder / "config.json").exists():
-        import torch
-        from transformers import AutoModelForCausalLM, LlamaConfig
-
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=8000, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-                          num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
-                          max_position_embeddings=1024)
-        AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    folder = llama_checkpoint(args.layers, args.hidden)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         a = [str(folder), None, args.recipe, str(args.kv)]

@@ -311,19 +311,21 @@ def test_save_and_open_round_trip(samples, tmp_path):
         Mapping.open(tmp_path / "none.json")
 
 
-def _run_emitted_in_fresh_process(source: str, folder, tmp_path) -> float:
-    mod = tmp_path / "reauthored.py"
-    mod.write_text(source)
+def _run_emitted_in_fresh_process(source: str, folder, code_dir, reference=None) -> float:
+    """Writes the emitted module, builds and loads it from `folder` in a new Python, and
+    returns its max abs logits difference from transformers on `reference` (default: folder)."""
+    code_dir.mkdir(exist_ok=True)
+    (code_dir / "reauthored.py").write_text(source)
     check = textwrap.dedent(f"""
         import sys, torch
-        sys.path.insert(0, {str(tmp_path)!r})
+        sys.path.insert(0, {str(code_dir)!r})
         import reauthored
         from transformers import AutoModelForCausalLM
         from workbench import layers
         model = reauthored.build_model({str(folder)!r}, mask_cache_size=16)
         tokens = torch.tensor([[1, 5, 9, 13, 17]])
         with torch.no_grad():
-            ref = AutoModelForCausalLM.from_pretrained({str(folder)!r}).eval()(tokens).logits
+            ref = AutoModelForCausalLM.from_pretrained({str(reference or folder)!r}).eval()(tokens).logits
         print((ref - layers.logits(model, tokens[0], 16)).abs().max().item())
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -335,7 +337,7 @@ def _run_emitted_in_fresh_process(source: str, folder, tmp_path) -> float:
 def test_emitted_module_with_the_mapping_loads_in_a_fresh_process(samples, tmp_path):
     m = Mapping.propose(Blueprint.from_hf(samples["qwen2"]), samples["qwen2"])
     assert m.to_python().startswith("TENSOR_NAMES = loading_utils.ModelLoader.TensorNames(")
-    assert _run_emitted_in_fresh_process(m.module_source(), samples["qwen2"], tmp_path) <= 1e-5
+    assert _run_emitted_in_fresh_process(m.module_source(), samples["qwen2"], tmp_path / "code") <= 1e-5
 
 
 def test_emitted_module_carries_row_edits_and_transposes(samples, tmp_path):
@@ -355,25 +357,7 @@ def test_emitted_module_carries_row_edits_and_transposes(samples, tmp_path):
     source = m.module_source()
     assert "custom_loader=load_checkpoint" in source
     # the reference is the untouched sample: same weights, stored the usual way
-    code_dir = tmp_path / "code"
-    code_dir.mkdir()
-    mod = code_dir / "reauthored.py"
-    mod.write_text(source)
-    check = textwrap.dedent(f"""
-        import sys, torch
-        sys.path.insert(0, {str(code_dir)!r})
-        import reauthored
-        from transformers import AutoModelForCausalLM
-        from workbench import layers
-        model = reauthored.build_model({str(d)!r}, mask_cache_size=16)
-        tokens = torch.tensor([[1, 5, 9, 13, 17]])
-        with torch.no_grad():
-            ref = AutoModelForCausalLM.from_pretrained({str(samples['llama'])!r}).eval()(tokens).logits
-        print((ref - layers.logits(model, tokens[0], 16)).abs().max().item())
-    """)
-    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert float(proc.stdout.strip().splitlines()[-1]) <= 1e-5
+    assert _run_emitted_in_fresh_process(source, d, tmp_path / "code", reference=samples["llama"]) <= 1e-5
 
 
 def test_load_reports_progress(samples):
