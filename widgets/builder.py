@@ -25,6 +25,7 @@ import traitlets
 from workbench import Blueprint, WorkbenchError
 from workbench import blueprint as core
 from workbench import plots
+from workbench_widgets._common import message
 
 GROUPS: dict[str, list[str]] = {
     "Model": ["num_layers", "max_seq_len"],
@@ -376,5 +377,4 @@ class BuilderPanel(W.VBox):
         return parse_text(field, text)
 
     def _say(self, text: str, error: bool = False) -> None:
-        color = "#c62828" if error else "#2e7d32"
-        self.message.value = f"<div class='ewb-message' style='color:{color};white-space:pre-wrap'>{text}</div>"
+        self.message.value = message(text, error)

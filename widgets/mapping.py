@@ -20,6 +20,7 @@ import traitlets
 
 from workbench import WorkbenchError
 from workbench.mapping import TENSOR_KEYS, Entry, Mapping
+from workbench_widgets._common import message
 
 STATUS_COLORS = {"ok": "#2e7d32", "tied": "#1565c0", "missing": "#c62828", "shape mismatch": "#c62828",
                  "transposed": "#ef6c00", "needs split": "#ef6c00", "needs fuse": "#ef6c00", "duplicate": "#c62828",
@@ -240,5 +241,4 @@ class MappingPanel(W.VBox):
                                     f"Fix {len(self.problems)} problem(s) and {n_unused} unused tensor(s) first")
 
     def _say(self, text: str, error: bool = False) -> None:
-        color = "#c62828" if error else "#2e7d32"
-        self.message.value = f"<div class='ewb-message' style='color:{color};white-space:pre-wrap'>{text}</div>"
+        self.message.value = message(text, error)

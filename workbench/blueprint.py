@@ -30,7 +30,6 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "gelu_quick", "relu")
 FF_TYPES = ("gated", "sequential")
 NORM_TYPES = ("rms", "layer")
 KV_DTYPES = {"fp32": 4, "fp16": 2, "int8": 1}
-DTYPE_BYTES = ("fp32", "fp16", "int8", "int4")
 
 
 @dataclasses.dataclass(frozen=True)

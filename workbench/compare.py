@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 # Per decoder layer, in forward order; then the model-level points around them.
 LAYER_POINTS = ("input_norm", "attention", "post_attention_residual", "mlp", "output")
-MODEL_POINTS_BEFORE = ("embedding",)
-MODEL_POINTS_AFTER = ("final_norm", "logits")
 HINTS = {
     "embedding": "the embedding weights or the embedding scale (Gemma multiplies by sqrt(hidden_size))",
     "input_norm": "the norm's eps or offset (+1 weights, Gemma), its type (RMS vs Layer), or this layer's norm "

@@ -22,9 +22,6 @@ import traceback
 from pathlib import Path
 
 _EVENTS = None  # the real stdout, kept for events
-STAGES = ("build", "load weights", "export", "lower", "quantize", "write", "check")
-
-
 def emit(event: str, **data) -> None:
     _EVENTS.write(json.dumps({"event": event, "t": time.time(), **data}) + "\n")
     _EVENTS.flush()

@@ -35,8 +35,6 @@ TENSOR_KEYS = ("attn_query_proj", "attn_key_proj", "attn_value_proj", "attn_fuse
                "post_attn_norm", "pre_ff_norm", "post_ff_norm", "embedding", "embedding_position", "final_norm",
                "lm_head")
 MODEL_KEYS = ("embedding", "embedding_position", "final_norm", "lm_head")  # no layer index
-STATUSES = ("ok", "tied", "missing", "shape mismatch", "transposed", "needs split", "needs fuse", "duplicate",
-            "unused", "unused (harmless)")
 HARMLESS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias|position_ids|_float_tensor)$")
 _LAYER = re.compile(r"\.(\d+)\.")
 
