@@ -27,7 +27,7 @@ from workbench.errors import BlueprintError
 
 SCHEMA_VERSION = 1
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "gelu_quick", "relu")
-FF_TYPES = ("gated", "sequential")
+FF_TYPES = ("gated", "gated_fused", "sequential")
 NORM_TYPES = ("rms", "layer")
 KV_DTYPES = {"fp32": 4, "fp16": 2, "int8": 1}
 
@@ -45,7 +45,9 @@ class LayerSpec:
     num_kv_heads: int = 4
     head_dim: Optional[int] = None
     intermediate_size: int = 256
-    ff_type: str = "gated"  # gated: w2(act(w1 x) * w3 x); sequential: w2(act(w1 x))
+    # gated: w2(act(w1 x) * w3 x); sequential: w2(act(w1 x)); gated_fused: gated, with w1 and w3
+    # stored as one [gate; up] matrix (Phi-3's gate_up_proj; litert-torch's SILU_GLU).
+    ff_type: str = "gated"
     activation: str = "silu"
     ff_bias: bool = False
     qkv_bias: bool = False
@@ -349,6 +351,9 @@ class Blueprint:
         check(s.ff_type in FF_TYPES, ("ff_type",), "unknown feed-forward type", f"choose one of {FF_TYPES}")
         check(s.activation in ACTIVATIONS, ("activation",), "litert-torch has no such activation",
               f"choose one of {ACTIVATIONS}")
+        check(s.ff_type != "gated_fused" or s.activation == "silu", ("ff_type", "activation"),
+              f"a fused gate/up feed-forward is litert-torch's SILU_GLU: it has no {s.activation} variant",
+              "use activation 'silu', or ff_type 'gated' (separate gate and up projections)")
         check(s.norm_type in NORM_TYPES, ("norm_type",), "unknown normalization",
               f"choose one of {NORM_TYPES}")
         check(s.norm_eps > 0, ("norm_eps",), "epsilon must be positive (it keeps the norm from dividing by 0)",
@@ -397,9 +402,10 @@ class Blueprint:
             attn = [(q, h), (kv, h), (kv, h), (h, q)]
             matrices += attn
             by["attention"] += sum(r * c for r, c in attn) + (q + 2 * kv if s.qkv_bias else 0) + (h if s.out_bias else 0)
-            ffm = [(ff, h), (h, ff)] + ([(ff, h)] if s.ff_type == "gated" else [])
+            up = (2 * ff if s.ff_type != "sequential" else ff)  # gate and up rows, fused or not
+            ffm = [(up, h), (h, ff)] if s.ff_type != "gated" else [(ff, h), (ff, h), (h, ff)]
             matrices += ffm
-            by["feed_forward"] += sum(r * c for r, c in ffm) + ((len(ffm) - 1) * ff + h if s.ff_bias else 0)
+            by["feed_forward"] += sum(r * c for r, c in ffm) + (up + h if s.ff_bias else 0)
             n_norms = 1 if s.parallel_residual else (4 if s.post_norms else 2)
             by["norms"] += n_norms * norm(h, s) + (2 * norm(hd, s) if s.qk_norm else 0)
             kv_bytes += 2 * kv_len * kv * KV_DTYPES.get(self.kv_cache_dtype, 4)
@@ -490,7 +496,7 @@ class Blueprint:
     def tensor_names(self) -> dict[str, Optional[str]]:
         """The family's default litert-torch TensorNames (the mapping step refines them)."""
         fam = families.FAMILIES.get(self.family)
-        names = dict(fam.tensor_names if fam else families._HF_DECODER_NAMES)
+        names = {k: v or None for k, v in (fam.tensor_names if fam else families._HF_DECODER_NAMES).items()}
         if self.tie_embeddings:
             names["lm_head"] = None
         return names

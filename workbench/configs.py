@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 _ACT = {"silu": cfg.ActivationType.SILU, "gelu": cfg.ActivationType.GELU, "gelu_tanh": cfg.ActivationType.GELU_TANH,
         "gelu_quick": cfg.ActivationType.GELU_QUICK, "relu": cfg.ActivationType.RELU}
 _NORM = {"rms": cfg.NormalizationType.RMS_NORM, "layer": cfg.NormalizationType.LAYER_NORM}
-_FF = {"gated": cfg.FeedForwardType.GATED, "sequential": cfg.FeedForwardType.SEQUENTIAL}
+_FF = {"gated": cfg.FeedForwardType.GATED, "sequential": cfg.FeedForwardType.SEQUENTIAL,
+       # one [gate; up] projection whose halves SILU_GLU combines, as litert-torch's Phi-3 does
+       "gated_fused": cfg.FeedForwardType.SEQUENTIAL}
 
 
 def norm_config(s: "LayerSpec") -> cfg.NormalizationConfig:
@@ -53,7 +55,8 @@ def block_config(bp: "Blueprint", i: int) -> cfg.TransformerBlockConfig:
             else cfg.AttentionConfig(**attn_kwargs))
     ff = cfg.FeedForwardConfig(
         type=_FF[s.ff_type],
-        activation=cfg.ActivationConfig(_ACT[s.activation]),
+        activation=cfg.ActivationConfig(cfg.ActivationType.SILU_GLU if s.ff_type == "gated_fused"
+                                        else _ACT[s.activation]),
         intermediate_size=s.intermediate_size,
         use_bias=s.ff_bias,
         pre_ff_norm_config=norm_config(s) if s.post_norms else cfg.NormalizationConfig(),

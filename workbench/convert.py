@@ -269,14 +269,12 @@ class Job:
         """Writes the manifest beside the checked model, then renames both into place."""
         import importlib.metadata as md
 
-        from workbench.check import describe_signatures
-
         spec = self.spec
         partial, final = Path(spec["partial"]), Path(spec["path"])
         check = done["check"]
         if not check.get("skipped") and not check.get("finite", False):
             raise ConversionError("the converted model produced non-finite logits", "see the log")
-        sigs = describe_signatures(partial)
+        sigs = done["signatures"]
         versions = {}
         for dist in ("litert-torch", "torch", "ai-edge-litert", "ai-edge-quantizer", "transformers"):
             try:

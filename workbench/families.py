@@ -58,43 +58,114 @@ class Family:
     activation_field: str = "hidden_act"
 
 
+_PHI_NAMES = {**_HF_DECODER_NAMES, "attn_output_proj": "model.layers.{}.self_attn.dense",
+              "ff_up_proj": "model.layers.{}.mlp.fc1", "ff_down_proj": "model.layers.{}.mlp.fc2",
+              "ff_gate_proj": "", "post_attn_norm": "", "final_norm": "model.final_layernorm",
+              "attn_query_norm": "model.layers.{}.self_attn.q_layernorm",
+              "attn_key_norm": "model.layers.{}.self_attn.k_layernorm"}
+_PHI3_NAMES = {**_HF_DECODER_NAMES, "attn_fused_qkv_proj": "model.layers.{}.self_attn.qkv_proj",
+               "attn_query_proj": "", "attn_key_proj": "", "attn_value_proj": "",
+               "ff_up_proj": "model.layers.{}.mlp.gate_up_proj", "ff_gate_proj": ""}
+_QK_NORM_NAMES = {**_HF_DECODER_NAMES, "attn_query_norm": "model.layers.{}.self_attn.q_norm",
+                  "attn_key_norm": "model.layers.{}.self_attn.k_norm"}
+_GEMMA2_NAMES = {**_HF_DECODER_NAMES, "pre_ff_norm": "model.layers.{}.pre_feedforward_layernorm",
+                 "post_ff_norm": "model.layers.{}.post_feedforward_layernorm"}
+_GEMMA = {"norm_type": "rms", "ff_type": "gated", "norm_offset": 1.0, "scale_embeddings": True}
+
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in (
         Family(
             "llama",
-            example="llama, tiny_llama, smollm",
+            example="llama, tiny_llama, smollm, amd_llama_135m",
             knobs={"norm_type": "rms", "ff_type": "gated"},
             features=("RMSNorm", "SiLU gated FF", "RoPE (default/linear/llama3)", "GQA", "optional biases"),
         ),
         Family(
+            "mistral",
+            example="(export_hf; llama-shaped)",
+            knobs={"norm_type": "rms", "ff_type": "gated"},
+            features=("RMSNorm", "SiLU gated FF", "RoPE", "GQA", "head_dim != hidden/heads",
+                      "sliding window on every layer"),
+        ),
+        Family(
             "qwen2",
-            example="qwen (Qwen 2 / 2.5)",
+            example="qwen (Qwen 2 / 2.5), hammer, deepseek (R1 distill)",
             # Qwen2's modeling code hard-codes biases on q/k/v and none on o_proj.
             knobs={"norm_type": "rms", "ff_type": "gated", "qkv_bias": True, "out_bias": False},
             features=("RMSNorm", "SiLU gated FF", "RoPE", "GQA", "q/k/v biases", "sliding window layers"),
         ),
         Family(
+            "qwen3",
+            example="qwen (Qwen 3)",
+            knobs={"norm_type": "rms", "ff_type": "gated", "qk_norm": True},
+            features=("RMSNorm", "QK-norm (RMS, per head)", "SiLU gated FF", "RoPE", "GQA",
+                      "head_dim != hidden/heads", "sliding window layers"),
+            tensor_names=_QK_NORM_NAMES,
+        ),
+        Family(
             "gemma",
             example="gemma (gemma1)",
             # Gemma stores RMSNorm weights as offsets from 1 and scales embeddings by sqrt(hidden).
-            knobs={"norm_type": "rms", "ff_type": "gated", "norm_offset": 1.0, "scale_embeddings": True},
+            knobs=_GEMMA,
             features=("RMSNorm (+1 offset)", "GELU-tanh gated FF", "RoPE", "MQA/GQA", "head_dim != hidden/heads",
                       "scaled embeddings", "tied embeddings"),
         ),
         Family(
             "gemma2",
             example="gemma (gemma2)",
-            knobs={"norm_type": "rms", "ff_type": "gated", "norm_offset": 1.0, "scale_embeddings": True,
-                   "post_norms": True},
+            knobs={**_GEMMA, "post_norms": True},
             features=("RMSNorm (+1 offset)", "post-attention and post-FF norms", "GELU-tanh gated FF",
                       "attention and final logit soft-capping", "query_pre_attn_scalar", "alternating sliding window",
                       "scaled embeddings", "tied embeddings"),
-            tensor_names={**_HF_DECODER_NAMES, "pre_ff_norm": "model.layers.{}.pre_feedforward_layernorm",
-                          "post_ff_norm": "model.layers.{}.post_feedforward_layernorm"},
+            tensor_names=_GEMMA2_NAMES,
             activation_field="hidden_activation",
         ),
+        Family(
+            "gemma3_text",
+            example="gemma3 (decoder)",
+            knobs={**_GEMMA, "post_norms": True, "qk_norm": True},
+            features=("RMSNorm (+1 offset)", "QK-norm (+1 offset)", "post-attention and post-FF norms",
+                      "GELU-tanh gated FF", "query_pre_attn_scalar", "sliding-window and global layers",
+                      "per-layer RoPE base (local/global)", "scaled embeddings", "tied embeddings"),
+            tensor_names={**_GEMMA2_NAMES, "attn_query_norm": "model.layers.{}.self_attn.q_norm",
+                          "attn_key_norm": "model.layers.{}.self_attn.k_norm"},
+            activation_field="hidden_activation",
+        ),
+        Family(
+            "phi",
+            example="phi (phi2)",
+            knobs={"norm_type": "layer", "ff_type": "sequential", "qkv_bias": True, "out_bias": True,
+                   "ff_bias": True, "parallel_residual": True, "lm_head_bias": True},
+            features=("LayerNorm with bias", "parallel attention/FF residual", "partial rotary RoPE",
+                      "GELU-tanh sequential FF", "biases everywhere", "LM head bias", "optional QK LayerNorm"),
+            tensor_names=_PHI_NAMES,
+        ),
+        Family(
+            "phi3",
+            example="phi (phi3, phi4)",
+            knobs={"norm_type": "rms", "ff_type": "gated_fused"},
+            features=("RMSNorm", "fused QKV", "fused gate/up (SiLU-GLU)", "partial rotary RoPE (Phi-4-mini)",
+                      "GQA", "sliding window on every layer"),
+            tensor_names=_PHI3_NAMES,
+        ),
     )
+}
+
+# Families that litert-torch re-authors but that cannot be imported here, and why: a
+# clear refusal naming the missing piece instead of "unsupported model_type".
+UNSUPPORTED = {
+    "openelm": "OpenELM has no transformers class in this version (it needs trust_remote_code), so there is "
+               "no reference to map from or compare with",
+    "falcon": "Falcon-RW uses ALiBi position biases and per-head interleaved fused QKV; the workbench's "
+              "layers do not build ALiBi yet",
+    "gemma3": "this is the multimodal Gemma 3 (vision + text); import its text decoder (model_type "
+              "gemma3_text, e.g. gemma-3-1b or gemma-3-270m)",
+    "paligemma": "PaliGemma is a vision-language model, not a decoder-only text family",
+    "qwen2_vl": "Qwen2-VL is a vision-language model, not a decoder-only text family",
+    "qwen2_5_vl": "Qwen2.5-VL is a vision-language model, not a decoder-only text family",
+    "t5": "T5 is an encoder-decoder model, not a decoder-only text family",
+    "moonshine": "Moonshine is a speech model, not a decoder-only text family",
 }
 
 
@@ -103,6 +174,9 @@ def supported() -> list[str]:
 
 
 def family(model_type: str) -> Family:
+    if model_type in UNSUPPORTED:
+        raise BlueprintError(f"model_type {model_type!r} cannot be imported: {UNSUPPORTED[model_type]}",
+                             hint="`edge-workbench families` lists what can be imported")
     try:
         return FAMILIES[model_type]
     except KeyError:
@@ -137,13 +211,7 @@ def _first(d: dict, *keys: str, default: Any = None) -> Any:
     return default
 
 
-def read_rope(raw: dict, defaults: dict) -> tuple[float, float, dict | None]:
-    """(base, rotary fraction, scaling) from transformers 5's `rope_parameters` or the
-    older `rope_theta` / `rope_scaling` / `partial_rotary_factor` fields."""
-    params = raw.get("rope_parameters") or {}
-    if params and all(isinstance(v, dict) for v in params.values()):
-        # Per-layer-type parameters (e.g. Gemma 3): the full-attention entry is the default.
-        params = params.get("full_attention") or next(iter(params.values()))
+def _rope_entry(params: dict, raw: dict, defaults: dict) -> tuple[float, float, dict | None]:
     scaling = dict(raw.get("rope_scaling") or {})
     base = _first(params, "rope_theta", default=_first(raw, "rope_theta", default=defaults.get("rope_theta", 10_000.0)))
     fraction = _first(params, "partial_rotary_factor", default=_first(raw, "partial_rotary_factor", default=1.0))
@@ -154,6 +222,28 @@ def read_rope(raw: dict, defaults: dict) -> tuple[float, float, dict | None]:
     merged["rope_type"] = rope_type
     merged.pop("type", None)
     return float(base), float(fraction), merged
+
+
+def read_rope(raw: dict, defaults: dict) -> tuple[float, float, dict | None]:
+    """(base, rotary fraction, scaling) from transformers 5's `rope_parameters` or the
+    older `rope_theta` / `rope_scaling` / `partial_rotary_factor` fields. With
+    per-layer-type parameters (Gemma 3) this is the full-attention layers' RoPE."""
+    params = raw.get("rope_parameters") or {}
+    if params and all(isinstance(v, dict) for v in params.values()):
+        params = params.get("full_attention") or next(iter(params.values()))
+    return _rope_entry(params, raw, defaults)
+
+
+def read_local_rope(raw: dict, defaults: dict) -> tuple[float, dict | None] | None:
+    """(base, scaling) of the sliding-window layers when they have a RoPE of their own
+    (Gemma 3: `rope_parameters.sliding_attention`, or the older `rope_local_base_freq`)."""
+    params = raw.get("rope_parameters") or {}
+    if params and all(isinstance(v, dict) for v in params.values()) and "sliding_attention" in params:
+        base, _, scaling = _rope_entry(params["sliding_attention"], {}, defaults)
+        return base, scaling
+    if raw.get("rope_local_base_freq") is not None:
+        return float(raw["rope_local_base_freq"]), None
+    return None
 
 
 def read_hf_config(raw: dict) -> tuple[dict[str, Any], dict[str, Any], dict[int, dict[str, Any]]]:
@@ -196,6 +286,7 @@ def read_hf_config(raw: dict) -> tuple[dict[str, Any], dict[str, Any], dict[int,
         "rope_base": base,
         "rotary_fraction": fraction,
         "attn_logit_softcap": d.get("attn_logit_softcapping"),
+        "qk_norm": bool(d.get("qk_layernorm", False)),
     }
     if d.get("query_pre_attn_scalar") is not None:
         layer["attn_scale"] = float(d["query_pre_attn_scalar"]) ** -0.5
@@ -214,19 +305,36 @@ def read_hf_config(raw: dict) -> tuple[dict[str, Any], dict[str, Any], dict[int,
 
     overrides: dict[int, dict[str, Any]] = {}
     window = d.get("sliding_window")
+    if d.get("use_sliding_window") is False:  # Qwen 2/3 write a window they do not use
+        window = None
     layer_types = d.get("layer_types")
+    n_layers = d.get("num_hidden_layers")
     if layer_types is None and window and d.get("use_sliding_window"):
         start = d.get("max_window_layers", 0)
-        layer_types = ["sliding_attention" if i >= start else "full_attention" for i in range(d["num_hidden_layers"])]
-    if window and layer_types and (model_type != "qwen2" or d.get("use_sliding_window")):
+        layer_types = ["sliding_attention" if i >= start else "full_attention" for i in range(n_layers)]
+    if window and layer_types is None:  # Mistral, Phi-3: one window on every layer
+        layer_types = ["sliding_attention"] * (n_layers if isinstance(n_layers, int) else 0)
+    local = {}
+    if window and layer_types and "sliding_attention" in layer_types:
+        local = {"sliding_window": int(window)}
+        local_rope = read_local_rope(d, d)
+        if local_rope is not None:
+            local_base, local_scaling = local_rope
+            if local_scaling != scaling:
+                raise BlueprintError(
+                    "config.json gives the sliding-window layers a RoPE scaling of their own "
+                    f"({local_scaling}) that differs from the global layers' ({scaling})",
+                    hint="per-layer RoPE scaling is not supported: the workbench's RoPE takes one scaling for "
+                         "every layer (per-layer RoPE bases are supported)")
+            if local_base != base:
+                local["rope_base"] = local_base
+    if local:
         if all(t == "sliding_attention" for t in layer_types):
-            layer["sliding_window"] = int(window)
+            layer.update(local)
         else:
             for i, t in enumerate(layer_types):
                 if t == "sliding_attention":
-                    overrides[i] = {"sliding_window": int(window)}
-    elif window and model_type == "llama":
-        layer["sliding_window"] = int(window)
+                    overrides[i] = dict(local)
     for k, v in list(layer.items()):
         if isinstance(v, float) and math.isfinite(v) and v.is_integer() and k in ("rope_base",):
             layer[k] = float(v)

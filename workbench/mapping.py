@@ -385,8 +385,8 @@ class Mapping:
         if t.key in ("ff_gate_proj", "ff_up_proj"):
             for n in layer_names:
                 if "gate_up_proj" in n:
-                    return "needs split", (f"the checkpoint fuses gate and up in {n}; litert-torch's TensorNames "
-                                           "has no key for that yet")
+                    return "needs split", (f"the checkpoint fuses gate and up in {n}: set the blueprint's "
+                                           "ff_type to 'gated_fused' and ff_up_proj to its pattern")
         close = difflib.get_close_matches(src, layer_names if t.layer is not None else list(ck), n=1, cutoff=0.6)
         return "missing", f"no tensor {src!r}" + (f"; closest: {close[0]!r}" if close else "")
 

@@ -212,7 +212,7 @@ class Recipe:
             ls, hd = bp.layer_spec(i), bp.head_dim(i)
             q, kv = ls.num_heads * hd, ls.num_kv_heads * hd
             total += cost(h * (q + 2 * kv) + q * h, q + 2 * kv + h, self.scheme_of("attention", i))
-            n_ff = (3 if ls.ff_type == "gated" else 2) * h * ls.intermediate_size
+            n_ff = (3 if ls.ff_type != "sequential" else 2) * h * ls.intermediate_size
             total += cost(n_ff, 2 * ls.intermediate_size + h, self.scheme_of("feedforward", i))
         if not bp.tie_embeddings:
             total += cost(bp.vocab_size * h, bp.vocab_size, self.default or "none")
