@@ -25,7 +25,7 @@ def test_form_shows_every_group_and_the_blueprint_values(panel):
     assert panel.fields["vocab_size"].value == bp.vocab_size
     accordion = panel.children[1].children[0]
     assert tuple(accordion.titles) == tuple(GROUPS)
-    assert {"Attention", "Feed-forward", "Norms", "RoPE", "KV cache", "Head", "Embedding"} <= set(GROUPS)
+    assert {"Attention", "Feed-forward", "Norms", "Positions", "KV cache", "Head", "Embedding"} <= set(GROUPS)
 
 
 def test_summary_chart_and_problems_follow_every_edit(panel):

@@ -60,8 +60,11 @@ def test_families_json(capsys):
     assert cli.main(["families", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     rows = {f["model_type"]: f for f in data["families"]}
-    assert {"llama", "qwen2", "gemma"} <= set(rows)
+    assert {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3"} <= set(rows)
     assert all(r["example"] and r["features"] for r in rows.values())
+    assert "QK-norm (RMS, per head)" in rows["qwen3"]["features"]
+    refused = {r["model_type"]: r["reason"] for r in data["unsupported"]}
+    assert "openelm" in refused and "transformers" in refused["openelm"]
 
 
 def test_console_script_prints_clean_json(samples):

@@ -38,6 +38,9 @@ CASES = {
                     ("transformer_blocks.{}.atten_func.query_norm.weight", 0)),
     "phi": ("PhiConfig", dict(num_hidden_layers=2, num_key_value_heads=4, intermediate_size=128,
                               partial_rotary_factor=0.5), ("transformer_blocks.{}.ff.w1.bias", 1)),
+    "falcon": ("FalconConfig", dict(num_hidden_layers=2, alibi=True, multi_query=False, parallel_attn=False,
+                                    bias=True, new_decoder_architecture=False, num_kv_heads=4),
+               ("transformer_blocks.{}.atten_func.qkv_projection.weight", 1)),
     "phi3": ("Phi3Config", dict(num_hidden_layers=2, partial_rotary_factor=0.75, pad_token_id=0),
              ("transformer_blocks.{}.ff.w1.weight", 1)),
 }
@@ -62,10 +65,24 @@ def test_every_family_row_has_a_case():
 
 @pytest.mark.parametrize("model_type", sorted(CASES))
 def test_family_imports_maps_and_matches_transformers(model_type, family_checkpoints):
+    _check_family(family_checkpoints[model_type], model_type, *CASES[model_type][2])
+
+
+def test_falcon_7b_shape_rotary_parallel_multi_query(tmp_path):
+    """The other Falcon: RoPE, one KV head, attention and FF in parallel, no biases."""
+    from transformers import FalconConfig
+
+    config = FalconConfig(**{**TINY, "num_hidden_layers": 2}, alibi=False, multi_query=True, parallel_attn=True,
+                          bias=False, new_decoder_architecture=False, attn_implementation="eager")
+    d = make_hf_checkpoint(tmp_path / "falcon7b", config, seed=7)
+    bp = _check_family(d, "falcon", "transformer_blocks.{}.ff.w2.weight", 0)
+    assert bp.layer.num_kv_heads == 1 and bp.layer.parallel_residual and not bp.layer.alibi
+
+
+def _check_family(d, model_type: str, param: str, layer: int) -> Blueprint:
     import torch
     from transformers import AutoModelForCausalLM
 
-    d = family_checkpoints[model_type]
     bp = Blueprint.from_hf(d)
     assert bp.family == model_type and bp.problems() == []
     hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
@@ -81,21 +98,22 @@ def test_family_imports_maps_and_matches_transformers(model_type, family_checkpo
     assert c.generation["first_diff"] is None
 
     # A planted fault: one parameter of one layer scaled; compare names that layer first.
-    param, layer = CASES[model_type][2]
     with torch.no_grad():
         model.get_parameter(param.format(layer)).mul_(1.5).add_(0.05)
     div = compare(d, model, m, prompts=[PROMPT], max_new_tokens=1).first_divergence()
     assert div is not None and div.layer == layer, (param, div)
+    return bp
 
 
 def test_family_table_lists_example_and_features():
     rows = {f.model_type: f for f in families.FAMILIES.values()}
-    assert {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3"} <= set(rows)
+    assert {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3",
+            "falcon"} <= set(rows)
     for f in rows.values():
         assert f.example and f.features
 
 
-@pytest.mark.parametrize("model_type, missing", [("openelm", "no transformers class"), ("falcon", "ALiBi"),
+@pytest.mark.parametrize("model_type, missing", [("openelm", "no transformers class"),
                                                  ("gemma3", "gemma3_text"), ("t5", "encoder-decoder")])
 def test_family_that_cannot_be_imported_names_why(tmp_path, model_type, missing):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "num_hidden_layers": 2}))
@@ -118,3 +136,60 @@ def test_gemma3_local_and_global_layers_get_their_own_rope_base(family_checkpoin
     assert bp.layer_spec(0).sliding_window == 5 and bp.layer_spec(0).rope_base == 10_000.0
     assert bp.layer_spec(1).sliding_window is None and bp.layer_spec(1).rope_base == 1_000_000.0
     assert bp.needs_own_layers()
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "phi3", "falcon"])
+def test_family_converts_and_matches_transformers(model_type, family_checkpoints, tmp_path):
+    """Our own layers (Gemma 3), the fused projections (Phi-3) and ALiBi (Falcon) lower through
+    litert-torch's converter; the fp32 file decodes like transformers."""
+    from workbench.convert import convert
+
+    res = convert(family_checkpoints[model_type], recipe="none", prefill=[8], kv=32, out=tmp_path,
+                  check_steps=4).result()
+    assert res.check["max_abs_diff"] <= 1e-5 and res.check["top1_agreement"] == 1.0, res.check
+    assert set(res.signatures) == {"prefill_8", "decode"}
+
+
+@pytest.mark.parametrize("model_type", sorted(CASES))
+def test_family_emitted_python_rebuilds_the_model(model_type, family_checkpoints, tmp_path):
+    """The module `to_python` writes (blueprint + TENSOR_NAMES, litert-torch's loader)
+    rebuilds each family from its checkpoint alone."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench import layers
+
+    d = family_checkpoints[model_type]
+    path = tmp_path / f"reauthored_{model_type}.py"
+    path.write_text(Mapping.propose(Blueprint.from_hf(d), d).module_source())
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_model(str(d), mask_cache_size=len(PROMPT))
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()(torch.tensor([PROMPT])).logits
+    assert (ref - layers.logits(model, PROMPT, len(PROMPT))).abs().max().item() <= 1e-5
+
+
+def test_falcon_eager_attention_in_transformers_still_differs_from_sdpa(family_checkpoints):
+    """Why compare runs Falcon through transformers' SDPA path: in transformers 5.24 the
+    eager path adds ALiBi twice. When this fails, transformers fixed it: drop the
+    family's reference_attention override."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    d = family_checkpoints["falcon"]
+    t = torch.tensor([PROMPT])
+    with torch.no_grad():
+        eager, sdpa = (AutoModelForCausalLM.from_pretrained(d, attn_implementation=a).eval()(t).logits
+                       for a in ("eager", "sdpa"))
+    assert (eager - sdpa).abs().max().item() > 1e-3
+    assert families.FAMILIES["falcon"].reference_attention == "sdpa"
+
+
+def test_falcon_new_decoder_architecture_is_refused_by_name():
+    with pytest.raises(BlueprintError, match="new decoder architecture"):
+        Blueprint.from_hf_config({"model_type": "falcon", "new_decoder_architecture": True, "num_hidden_layers": 2,
+                                  "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 300})

@@ -34,7 +34,7 @@ GROUPS: dict[str, list[str]] = {
                   "sliding_window", "qkv_bias", "out_bias"],
     "Feed-forward": ["ff_type", "activation", "intermediate_size", "ff_bias"],
     "Norms": ["norm_type", "norm_eps", "norm_offset", "post_norms", "parallel_residual"],
-    "RoPE": ["rope_base", "rotary_fraction", "rope_scaling"],
+    "Positions": ["rope_base", "rotary_fraction", "rope_scaling", "alibi"],
     "KV cache": ["kv_cache_length", "kv_cache_dtype"],
     "Head": ["tie_embeddings", "lm_head_bias", "final_logit_softcap"],
 }

@@ -63,6 +63,7 @@ class LayerSpec:
     norm_offset: float = 0.0  # 1.0: norm weights are stored as offsets from 1 (Gemma)
     post_norms: bool = False  # Gemma 2: norm attention and FF outputs before the residual add
     parallel_residual: bool = False  # x + attn(norm(x)) + ff(norm(x))
+    alibi: bool = False  # ALiBi position biases (Falcon-RW) in place of RoPE
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerSpec))
@@ -77,7 +78,7 @@ _TYPES: dict[str, tuple] = {
     "attn_scale": (float, type(None)), "attn_logit_softcap": (float, type(None)),
     "rope_base": (float,), "rotary_fraction": (float,), "norm_eps": (float,), "norm_offset": (float,),
     "ff_type": (str,), "activation": (str,), "norm_type": (str,),
-    **{k: (bool,) for k in ("ff_bias", "qkv_bias", "out_bias", "qk_norm", "post_norms", "parallel_residual",
+    **{k: (bool,) for k in ("ff_bias", "qkv_bias", "out_bias", "qk_norm", "post_norms", "parallel_residual", "alibi",
                             "tie_embeddings", "lm_head_bias", "scale_embeddings")},
     **{k: (int,) for k in ("vocab_size", "num_layers", "hidden_size", "max_seq_len", "kv_cache_length")},
     "family": (str,), "name": (str,), "kv_cache_dtype": (str,),
@@ -364,13 +365,16 @@ class Blueprint:
         check(not (s.norm_offset == 1.0 and s.norm_type == "layer"), ("norm_offset", "norm_type"),
               "litert-torch's LayerNorm has no offset-from-1 weights", "use norm_type 'rms' or norm_offset 0")
         check(s.rope_base > 0, ("rope_base",), "the RoPE base must be positive", "set rope_base, e.g. 10000")
-        check(0 < s.rotary_fraction <= 1, ("rotary_fraction",), "the rotary fraction must be in (0, 1]",
+        check(s.alibi or 0 < s.rotary_fraction <= 1, ("rotary_fraction",), "the rotary fraction must be in (0, 1]",
               "set rotary_fraction to 1.0 (all of head_dim) or the model's partial_rotary_factor")
         rot = int(s.rotary_fraction * hd)
-        check(hd < 1 or not 0 < s.rotary_fraction <= 1 or (rot >= 2 and rot % 2 == 0),
+        check(s.alibi or hd < 1 or not 0 < s.rotary_fraction <= 1 or (rot >= 2 and rot % 2 == 0),
               ("rotary_fraction", "head_dim"),
               f"the rotary dimension int({s.rotary_fraction} * head_dim {hd}) = {rot} must be even and >= 2: "
               "RoPE rotates pairs of dimensions", "choose rotary_fraction and head_dim whose product is even")
+        check(not (s.alibi and s.attn_scale), ("alibi", "attn_scale"),
+              "litert-torch's ALiBi attention always scales by 1/sqrt(head_dim)",
+              "unset attn_scale, or use RoPE (alibi=False)")
         check(s.attn_scale is None or s.attn_scale > 0, ("attn_scale",), "the attention scale must be positive",
               "set a positive scale, or None for 1/sqrt(head_dim)")
         check(s.attn_logit_softcap is None or s.attn_logit_softcap > 0, ("attn_logit_softcap",),
@@ -441,7 +445,8 @@ class Blueprint:
     def needs_own_layers(self) -> bool:
         """True when litert-torch's DecoderOnlyModel alone cannot express this model."""
         specs = [self.layer_spec(i) for i in range(self.num_layers)]
-        rope = {(int(s.rotary_fraction * self.head_dim(i)), s.rope_base) for i, s in enumerate(specs)}
+        rope = {(0 if s.alibi else int(s.rotary_fraction * self.head_dim(i)), s.rope_base)
+                for i, s in enumerate(specs)}
         return (len(rope) > 1 or self.final_logit_softcap is not None
                 or any(s.sliding_window or s.attn_scale or s.post_norms for s in specs))
 

@@ -15,12 +15,28 @@ import numpy as np
 CHECK_PROMPT = "Once upon a time, a small robot lived in a quiet town."
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def load_tokenizer(hf_dir: str | Path):
+    """The folder's own tokenizer, or None when it has none that works.
+
+    transformers 5 builds an *empty* tokenizer for a folder without tokenizer files
+    (it encodes every text to []), so files are required and a probe must encode."""
+    if not any((Path(hf_dir) / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {hf_dir}")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    if not tok(CHECK_PROMPT)["input_ids"]:
+        raise ValueError(f"the tokenizer in {hf_dir} encodes text to no tokens")
+    return tok
+
+
 def prompt_ids(hf_dir: str | Path, max_len: int) -> list[int]:
     try:
-        from transformers import AutoTokenizer
-
-        ids = AutoTokenizer.from_pretrained(hf_dir)(CHECK_PROMPT)["input_ids"]
-    except Exception:  # noqa: BLE001 - no tokenizer: fixed ids
+        ids = load_tokenizer(hf_dir)(CHECK_PROMPT)["input_ids"]
+    except Exception:  # noqa: BLE001 - no usable tokenizer: fixed ids
         ids = list(range(1, 13))
     return ids[:max_len]
 

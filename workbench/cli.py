@@ -169,9 +169,11 @@ def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
 
     rows = [{"model_type": f.model_type, "example": f.example, "features": list(f.features)}
             for f in families.FAMILIES.values()]
-    text = "\n".join(f"{r['model_type']:<10} litert-torch example: {r['example']}\n"
-                     f"{'':<10} {', '.join(r['features'])}" for r in rows)
-    return {"families": rows}, text
+    refused = [{"model_type": k, "reason": v} for k, v in families.UNSUPPORTED.items()]
+    text = "\n".join(f"{r['model_type']:<12} litert-torch example: {r['example']}\n"
+                     f"{'':<12} {', '.join(r['features'])}" for r in rows)
+    text += "\n\nnot importable here:\n" + "\n".join(f"{r['model_type']:<12} {r['reason']}" for r in refused)
+    return {"families": rows, "unsupported": refused}, text
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {

@@ -77,11 +77,17 @@ def checkpoint_loader_source(mapping) -> str:
             expected = mapping._source_name(t.key if t.key != "qkv" else "attn_fused_qkv_proj", t.layer, t.suffix)
             renames[expected] = e.source
     transposed = sorted({mapping.tensor_names[k] for k in mapping.transposed if mapping.tensor_names.get(k)})
+    from workbench.mapping import qkv_groups
+
+    grouped = {mapping.tensor_names[k]: [qkv_groups(mapping.blueprint, i) for i in range(mapping.blueprint.num_layers)]
+               for k in mapping.grouped if mapping.tensor_names.get(k)}
     return f'''
 # Names the patterns expect <- the tensors that hold them (edited rows of the mapping).
 RENAMES = {renames!r}
 # Patterns whose tensors the checkpoint stores transposed.
 TRANSPOSED = {tuple(transposed)!r}
+# Fused QKV patterns stored per KV group ([q.., k, v] per group): (groups, q per group, head_dim) by layer.
+GROUPED = {grouped!r}
 
 
 def load_checkpoint(path: str) -> dict:
@@ -95,6 +101,16 @@ def load_checkpoint(path: str) -> dict:
         rx = re.compile(re.escape(pattern).replace(r"\{{\}}", r"\d+") + r"\.weight$")
         for name in [n for n in state if rx.match(n)]:
             state[name] = state[name].T.contiguous()
+    for pattern, shapes in GROUPED.items():
+        for layer, (groups, q_per_kv, head_dim) in enumerate(shapes):
+            for suffix in ("weight", "bias"):
+                name = f"{{pattern.format(layer)}}.{{suffix}}"
+                if name in state:
+                    t = state[name]
+                    g = t.reshape(groups, q_per_kv + 2, head_dim, *t.shape[1:])
+                    state[name] = torch.cat([g[:, :q_per_kv].reshape(-1, *t.shape[1:]),
+                                             g[:, q_per_kv].reshape(-1, *t.shape[1:]),
+                                             g[:, q_per_kv + 1].reshape(-1, *t.shape[1:])]).contiguous()
     return {{k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}}
 '''
 
@@ -130,7 +146,7 @@ def blueprint_module(bp: "Blueprint", tensor_names: Optional[dict] = None, mappi
     # block_configs=[] is not the default, so it is always present in the rendering above.
 
     names = tensor_names or bp.tensor_names()
-    custom = mapping is not None and (mapping.rows or mapping.transposed)
+    custom = mapping is not None and (mapping.rows or mapping.transposed or mapping.grouped)
     loader = checkpoint_loader_source(mapping) if custom else ""
     model_class = "layers.Decoder" if own else "model_builder.DecoderOnlyModel"
     imports = ["import functools\n" if isinstance(mc.build_rope, functools.partial) else "",

@@ -199,11 +199,13 @@ def _hook(model, path: str, kind: str, store: dict, key: str) -> Optional[Any]:
         module = model.get_submodule(path)
     except AttributeError:
         return None
+    # Copies, not views: the original may add into a captured tensor in place afterwards
+    # (Falcon's parallel block does `mlp_output += attn_output`).
     if kind == "in":
         return module.register_forward_pre_hook(
-            lambda m, args, kwargs: store.__setitem__(key, _hidden_in(args, kwargs).detach()),
+            lambda m, args, kwargs: store.__setitem__(key, _hidden_in(args, kwargs).detach().clone()),
             with_kwargs=True)
-    return module.register_forward_hook(lambda m, args, out: store.__setitem__(key, _first(out).detach()))
+    return module.register_forward_hook(lambda m, args, out: store.__setitem__(key, _first(out).detach().clone()))
 
 
 def _run_captured(model, plan, side: int, run: Callable[[], Any]) -> tuple[dict, Any, list[str]]:
@@ -242,11 +244,15 @@ def _stats(a, b) -> tuple[float, float, float, float]:
 def _tokenize(hf_dir: Path, prompts, notes: list[str]) -> tuple[list[list[int]], Any]:
     tok = None
     try:
-        from transformers import AutoTokenizer
+        from workbench.check import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(hf_dir)
+        tok = load_tokenizer(hf_dir)
     except Exception as e:  # noqa: BLE001 - any tokenizer failure falls back to ids, said clearly
-        notes.append(f"no usable tokenizer in {hf_dir} ({type(e).__name__}): compared on token ids")
+        notes.append(f"no usable tokenizer in {hf_dir} ({e}): compared on token ids")
+    if not prompts:
+        from workbench.check import CHECK_PROMPT
+
+        prompts = [CHECK_PROMPT] if tok is not None else [list(range(1, 13))]
     out = []
     for p in prompts:
         if isinstance(p, str) and not p.strip():
@@ -307,9 +313,11 @@ def compare(hf_dir: str | Path, model_or_blueprint, mapping: Optional["Mapping"]
         bp = mapping.blueprint
     names = dict(mapping.tensor_names)
     report(progress, "prepare", 1, 4, "original model")
-    original = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    if not prompts:
-        prompts = ["Once upon a time, a small robot lived in a quiet town."]
+    from workbench import families
+
+    fam = families.FAMILIES.get(bp.family)
+    attn = fam.reference_attention if fam else "eager"
+    original = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation=attn).eval()
     ids, tok = _tokenize(hf_dir, prompts, notes)
     limit = min(bp.max_seq_len, getattr(original.config, "max_position_embeddings", bp.max_seq_len))
     for p in ids:

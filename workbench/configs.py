@@ -39,7 +39,8 @@ def block_config(bp: "Blueprint", i: int) -> cfg.TransformerBlockConfig:
         head_dim=bp.head_dim(i),
         num_query_groups=s.num_kv_heads,
         rotary_base=_num(s.rope_base),
-        rotary_percentage=s.rotary_fraction,
+        rotary_percentage=0.0 if s.alibi else s.rotary_fraction,
+        use_alibi=s.alibi,
         # Split q/k/v per head (needed for QK-norm) and fuse q|k|v unsplit, the HF layout.
         qkv_transpose_before_split=True,
         qkv_fused_interleaved=False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable, Optional
 
 from workbench.errors import BlueprintError
 
@@ -56,6 +56,13 @@ class Family:
     tensor_names: dict[str, str] = dataclasses.field(default_factory=lambda: dict(_HF_DECODER_NAMES))
     # The config field transformers' modeling code reads the activation from.
     activation_field: str = "hidden_act"
+    # Config fields of this family alone -> (model knobs, layer knobs); may refuse with BlueprintError.
+    read: Optional[Callable[[dict], tuple[dict, dict]]] = None
+    # How the checkpoint's fused QKV rows are laid out: "plain" [q; k; v] (Phi-3) or "grouped"
+    # per KV group [q.., k, v] (Falcon); the mapping reorders grouped rows on load.
+    fused_qkv_layout: str = "plain"
+    # transformers attention implementation compare runs the original with.
+    reference_attention: str = "eager"
 
 
 _PHI_NAMES = {**_HF_DECODER_NAMES, "attn_output_proj": "model.layers.{}.self_attn.dense",
@@ -70,6 +77,33 @@ _QK_NORM_NAMES = {**_HF_DECODER_NAMES, "attn_query_norm": "model.layers.{}.self_
                   "attn_key_norm": "model.layers.{}.self_attn.k_norm"}
 _GEMMA2_NAMES = {**_HF_DECODER_NAMES, "pre_ff_norm": "model.layers.{}.pre_feedforward_layernorm",
                  "post_ff_norm": "model.layers.{}.post_feedforward_layernorm"}
+_FALCON_NAMES = {
+    "embedding": "transformer.word_embeddings", "final_norm": "transformer.ln_f",
+    "pre_attn_norm": "transformer.h.{}.input_layernorm", "post_attn_norm": "transformer.h.{}.post_attention_layernorm",
+    "attn_fused_qkv_proj": "transformer.h.{}.self_attention.query_key_value",
+    "attn_output_proj": "transformer.h.{}.self_attention.dense", "ff_up_proj": "transformer.h.{}.mlp.dense_h_to_4h",
+    "ff_down_proj": "transformer.h.{}.mlp.dense_4h_to_h", "lm_head": "lm_head",
+}
+
+
+def _read_falcon(d: dict) -> tuple[dict, dict]:
+    """Falcon's own fields: ALiBi or RoPE, one bias switch, parallel attention, and a
+    single KV head unless the config asks for MHA/GQA (as FalconAttention decides)."""
+    if d.get("new_decoder_architecture"):
+        raise BlueprintError(
+            "Falcon's new decoder architecture (Falcon-40B/180B: separate ln_attn and ln_mlp norms in front "
+            "of a parallel block) cannot be imported: litert-torch's TransformerBlock has one norm there",
+            hint="Falcon-RW and Falcon-7B-style checkpoints (new_decoder_architecture false) import")
+    heads = d.get("num_attention_heads")
+    kv = d.get("num_kv_heads") or heads
+    bias = bool(d.get("bias", False))
+    layer = {"num_kv_heads": 1 if d.get("multi_query", True) else kv, "alibi": bool(d.get("alibi", False)),
+             "parallel_residual": bool(d.get("parallel_attn", True)), "qkv_bias": bias, "out_bias": bias,
+             "ff_bias": bias, "intermediate_size": d.get("ffn_hidden_size") or 4 * (d.get("hidden_size") or 0),
+             "norm_eps": d.get("layer_norm_epsilon", 1e-5)}
+    return {}, layer
+
+
 _GEMMA = {"norm_type": "rms", "ff_type": "gated", "norm_offset": 1.0, "scale_embeddings": True}
 
 FAMILIES: dict[str, Family] = {
@@ -83,7 +117,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "mistral",
-            example="(export_hf; llama-shaped)",
+            example="none (llama-shaped; export_hf converts it)",
             knobs={"norm_type": "rms", "ff_type": "gated"},
             features=("RMSNorm", "SiLU gated FF", "RoPE", "GQA", "head_dim != hidden/heads",
                       "sliding window on every layer"),
@@ -149,6 +183,21 @@ FAMILIES: dict[str, Family] = {
                       "GQA", "sliding window on every layer"),
             tensor_names=_PHI3_NAMES,
         ),
+        Family(
+            "falcon",
+            example="falcon (Falcon-RW-1B)",
+            knobs={"norm_type": "layer", "ff_type": "sequential"},
+            features=("LayerNorm with bias", "ALiBi (Falcon-RW) or RoPE", "fused QKV, interleaved per KV group",
+                      "MHA or MQA", "optional parallel attention/FF residual", "GELU sequential FF",
+                      "tied embeddings"),
+            tensor_names=_FALCON_NAMES,
+            activation_field="activation",
+            read=_read_falcon,
+            fused_qkv_layout="grouped",
+            # transformers 5.24's eager Falcon adds ALiBi twice (once inside the causal mask it
+            # builds, once in the attention); its SDPA path adds it once, as Falcon does.
+            reference_attention="sdpa",
+        ),
     )
 }
 
@@ -157,8 +206,6 @@ FAMILIES: dict[str, Family] = {
 UNSUPPORTED = {
     "openelm": "OpenELM has no transformers class in this version (it needs trust_remote_code), so there is "
                "no reference to map from or compare with",
-    "falcon": "Falcon-RW uses ALiBi position biases and per-head interleaved fused QKV; the workbench's "
-              "layers do not build ALiBi yet",
     "gemma3": "this is the multimodal Gemma 3 (vision + text); import its text decoder (model_type "
               "gemma3_text, e.g. gemma-3-1b or gemma-3-270m)",
     "paligemma": "PaliGemma is a vision-language model, not a decoder-only text family",
@@ -302,6 +349,10 @@ def read_hf_config(raw: dict) -> tuple[dict[str, Any], dict[str, Any], dict[int,
     }
     for knob, value in fam.knobs.items():
         (model if knob in ("scale_embeddings", "tie_embeddings", "lm_head_bias") else layer)[knob] = value
+    if fam.read is not None:
+        own_model, own_layer = fam.read(d)
+        model.update(own_model)
+        layer.update(own_layer)
 
     overrides: dict[int, dict[str, Any]] = {}
     window = d.get("sliding_window")

@@ -157,6 +157,22 @@ def targets(bp: "Blueprint") -> list[Target]:
     return out
 
 
+def qkv_groups(bp: "Blueprint", layer: int) -> tuple[int, int, int]:
+    """(KV groups, queries per group, head_dim) of one layer's attention."""
+    s = bp.layer_spec(layer)
+    return s.num_kv_heads, s.num_heads // s.num_kv_heads, bp.head_dim(layer)
+
+
+def ungroup_qkv(t, groups: int, q_per_kv: int, head_dim: int):
+    """Fused QKV rows stored per KV group ([q.., k, v] for each group) -> [all q; all k; all v]."""
+    import torch
+
+    rest = tuple(t.shape[1:])
+    g = t.reshape(groups, q_per_kv + 2, head_dim, *rest)
+    q, k, v = g[:, :q_per_kv], g[:, q_per_kv], g[:, q_per_kv + 1]
+    return torch.cat([x.reshape(-1, *rest) for x in (q, k, v)]).contiguous()
+
+
 class Mapping:
     """TensorNames patterns (plus per-row edits) from a checkpoint onto a Blueprint's model."""
 
@@ -170,6 +186,7 @@ class Mapping:
             self.tensor_names[k] = v
         self.rows: dict[str, str] = {}  # target param -> source tensor, overriding its pattern
         self.transposed: set[str] = set()  # keys whose source tensors are stored transposed
+        self.grouped: set[str] = set()  # fused QKV keys stored per KV group [q.., k, v] (Falcon)
         self._targets = targets(bp)
         self._table: Optional[list[Entry]] = None
         self._by_layer: dict[Optional[int], list[str]] = {}  # source names by layer index, for hints
@@ -201,6 +218,11 @@ class Mapping:
                 m.tensor_names["attn_fused_qkv_proj"] = fused
                 for k in qkv_parts:
                     m.tensor_names[k] = None
+        from workbench import families
+
+        fam = families.FAMILIES.get(bp.family)
+        if fam is not None and fam.fused_qkv_layout == "grouped" and m.tensor_names.get("attn_fused_qkv_proj"):
+            m.grouped.add("attn_fused_qkv_proj")
         m._table = None
         return m
 
@@ -275,6 +297,15 @@ class Mapping:
         self._table = None
         return self
 
+    def set_grouped(self, key: str = "attn_fused_qkv_proj", grouped: bool = True) -> "Mapping":
+        """Marks a fused QKV source as laid out per KV group ([q.., k, v] for each group, as
+        Falcon stores it) rather than [all q; all k; all v]; load reorders its rows."""
+        if key != "attn_fused_qkv_proj":
+            raise MappingError(f"{key!r} is not a fused QKV key", hint="only attn_fused_qkv_proj can be grouped")
+        (self.grouped.add if grouped else self.grouped.discard)(key)
+        self._table = None
+        return self
+
     # ---- the table ----------------------------------------------------------------
     def _source_name(self, key: str, layer: Optional[int], suffix: str) -> Optional[str]:
         pattern = self.tensor_names.get(key)
@@ -334,6 +365,8 @@ class Mapping:
         info = ck[src]
         want = t.shape[::-1] if key in self.transposed else t.shape
         note = f"{info.dtype}: converted to float32 on load" if info.dtype != "float32" else ""
+        if key in self.grouped:
+            note = "; ".join(x for x in ("rows reordered from per-group [q.., k, v] to [q; k; v] on load", note) if x)
         if info.shape == want:
             return Entry(t.param, src, key, t.shape, info.shape, info.dtype, "ok", note)
         if info.shape == want[::-1] and len(want) == 2:
@@ -481,6 +514,9 @@ class Mapping:
             keys = e.key.split("+")
             parts = [p.T.contiguous() if k in self.transposed else p for p, k in zip(parts, keys)]
             tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            if e.key in self.grouped:
+                layer = layer_template(e.target)[1]
+                tensor = ungroup_qkv(tensor, *qkv_groups(self.blueprint, layer))
             module_name, pname = e.target.rsplit(".", 1)
             module = modules[module_name]
             old = getattr(module, pname)
@@ -508,6 +544,7 @@ class Mapping:
             "tensor_names": dict(self.tensor_names),
             "rows": dict(self.rows),
             "transposed": sorted(self.transposed),
+            "grouped": sorted(self.grouped),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -539,6 +576,8 @@ class Mapping:
             m.set(target, src)
         for k in data.get("transposed", []):
             m.set_transposed(k)
+        for k in data.get("grouped", []):
+            m.set_grouped(k)
         return m
 
     def to_python(self) -> str:
