@@ -217,6 +217,29 @@ class Checkpoint:
             pass  # madvise is an optimisation only
         return t
 
+    def fingerprint(self) -> str:
+        """A cheap identity of the weights: every tensor's name, shape, dtype and place, each
+        file's size, and hashes of each file's first and last 64 KiB. A re-saved or swapped
+        checkpoint changes it; reading gigabytes to hash them all would not be cheap."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in sorted(self.tensors):
+            t = self.tensors[name]
+            h.update(f"{name}|{t.shape}|{t.dtype}|{t.file}|{t.offset}\n".encode())
+        for file in sorted({t.file for t in self.tensors.values()}):
+            path = self.root / file
+            try:
+                size = path.stat().st_size
+                with open(path, "rb") as f:
+                    h.update(f"{file}|{size}".encode() + f.read(65536))
+                    f.seek(max(0, size - 65536))
+                    h.update(f.read(65536))
+            except OSError as e:
+                raise CheckpointError(f"cannot read {path}: {e.strerror or e}",
+                                      hint="check that the checkpoint's files are all there and readable") from None
+        return h.hexdigest()[:16]
+
     def close(self) -> None:
         for mm in self._maps.values():
             mm.close()

@@ -26,12 +26,33 @@ def _human_bytes(n: int) -> str:
     return _human(n)
 
 
+def _project(args: argparse.Namespace, write: bool):
+    """The project of `--project DIR` (opened for writing when the command records a result)."""
+    from workbench.project import Workbench
+
+    if args.hf_dir:
+        raise WorkbenchError(f"give either HF_DIR ({args.hf_dir}) or --project, not both",
+                             hint="with --project the project's own checkpoint is used")
+    return Workbench.open(args.project, readonly=False if write else True)
+
+
+def _need_source(args: argparse.Namespace) -> None:
+    if not args.hf_dir and not getattr(args, "project", None):
+        raise WorkbenchError("no model given", hint="give a Hugging Face folder (HF_DIR) or --project DIR")
+
+
 # ---- blueprint ------------------------------------------------------------------
 def cmd_blueprint(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench import configs
     from workbench.blueprint import Blueprint
 
-    bp = Blueprint.from_hf(args.hf_dir)
+    _need_source(args)
+    if args.project:
+        wb = _project(args, write=False)
+        wb._need_blueprint()
+        bp = wb.blueprint
+    else:
+        bp = Blueprint.from_hf(args.hf_dir)
     if args.kv is not None:
         bp.set("kv_cache_length", args.kv)
     s = bp.summary()
@@ -69,7 +90,17 @@ def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.blueprint import Blueprint
     from workbench.mapping import Mapping
 
-    if args.mapping:
+    _need_source(args)
+    wb = _project(args, write=True) if args.project else None
+    if wb is not None:
+        if args.mapping:  # its patterns and edits, onto the project's blueprint
+            from workbench.project import read_json
+
+            m = Mapping.from_json(read_json(Path(args.mapping), "the mapping"), checkpoint=wb.checkpoint_path(),
+                                  blueprint=wb.blueprint, where=args.mapping)
+        else:
+            m = wb.mapping
+    elif args.mapping:
         m = Mapping.open(args.mapping, checkpoint=args.hf_dir)
     else:
         m = Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
@@ -83,11 +114,18 @@ def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
         "counts": m.counts(),
         "notes": sorted({e.hint for e in entries if e.status == "ok" and "converted" in e.hint}),
     }
+    if wb is not None:  # recorded only when it can load: a project's mapping is a reviewed one
+        out["saved"] = not out["problems"] and not out["unused"]
+        if out["saved"]:
+            wb.save_mapping(m)
     width = max((len(e.target) for e in entries), default=10)
     lines = [f"{len(m.checkpoint.tensors)} source tensors -> {sum(1 for e in entries if e.target)} parameters: "
              + ", ".join(f"{k} {v}" for k, v in out["counts"].items())]
     lines += [f"  {e.target or '(unused)':<{width}}  {e.status:<13} {e.source}" for e in entries]
     lines += ["problems:"] + [f"  - {p}" for p in out["problems"]] if out["problems"] else ["problems: none"]
+    if wb is not None:
+        lines.append(f"saved to {wb.root / 'mapping.json'}" if out["saved"] else
+                     "not saved to the project: fix the problems and unused tensors first")
     return out, "\n".join(lines)
 
 
@@ -99,14 +137,20 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.compare import compare
     from workbench.mapping import Mapping
 
-    if args.mapping:
-        m = Mapping.open(args.mapping, checkpoint=args.hf_dir)
-        bp = m.blueprint
+    _need_source(args)
+    prompts = [args.prompt] if args.prompt else None
+    if args.project:
+        wb = _project(args, write=True)
+        c = wb.compare(args.name, prompts=prompts, tol=args.tol, max_new_tokens=args.max_new, tflite=args.tflite)
     else:
-        bp = Blueprint.from_hf(args.hf_dir)
-        m = Mapping.propose(bp, args.hf_dir)
-    c = compare(args.hf_dir, bp, m, prompts=[args.prompt] if args.prompt else None, tol=args.tol,
-                max_new_tokens=args.max_new, tflite=args.tflite)
+        if args.mapping:
+            m = Mapping.open(args.mapping, checkpoint=args.hf_dir)
+            bp = m.blueprint
+        else:
+            bp = Blueprint.from_hf(args.hf_dir)
+            m = Mapping.propose(bp, args.hf_dir)
+        c = compare(args.hf_dir, bp, m, prompts=prompts, tol=args.tol, max_new_tokens=args.max_new,
+                    tflite=args.tflite)
     out = c.to_json()
     g = c.generation
     lines = [f"{'PASSED' if c.passed else 'NOT PASSED'}: {c.verdict()}",
@@ -130,8 +174,11 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.convert import convert
     from workbench.mapping import Mapping
 
-    m = Mapping.open(args.mapping, checkpoint=args.hf_dir) if args.mapping else \
-        Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
+    _need_source(args)
+    wb = _project(args, write=True) if args.project else None
+    if wb is None:
+        m = Mapping.open(args.mapping, checkpoint=args.hf_dir) if args.mapping else \
+            Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
     try:
         prefill = [int(p) for p in str(args.prefill).split(",") if p.strip()]
     except ValueError:
@@ -147,8 +194,11 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
             print(line, file=sys.stderr, flush=True)
             last[0] = line
 
-    job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
-                  progress=progress)
+    if wb is not None:
+        job = wb.convert(args.name, recipe=args.recipe, prefill=prefill, kv=args.kv, progress=progress)
+    else:
+        job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
+                      progress=progress)
     try:
         res = job.result()
     except KeyboardInterrupt:
@@ -176,7 +226,34 @@ def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
     return {"families": rows, "unsupported": refused}, text
 
 
+def cmd_new(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.project import Workbench
+
+    wb = Workbench.new(args.dir, from_hf=args.from_hf, name=args.name, copy_checkpoint=args.copy_checkpoint)
+    steps = wb.status()
+    wb.close()
+    return ({"project": str(wb.root), "steps": steps},
+            f"created {wb.root} from {args.from_hf}\n" + "\n".join(f"  {k:<12} {v}" for k, v in steps.items()))
+
+
+def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.project import Workbench
+
+    wb = Workbench.open(args.project, readonly=True)
+    d = wb.status(detail=True)
+    lines = [f"{wb.root} ({wb._data.get('name')})"]
+    lines += [f"  {k:<12} {v}" + (f"  ({d['why'][k]})" if k in d["why"] else "") for k, v in d["steps"].items()]
+    lines += [f"    {kind[:-1]} {n}: {state}" + (f" ({d['why'][kind + '/' + n]})" if kind + "/" + n in d["why"] else "")
+              for kind in ("comparisons", "conversions") for n, state in d[kind].items()]
+    lines += [f"  problem: {p}" for p in d["problems"]]
+    lines += [f"  leftover from a killed process: {p}" for p in d["leftovers"]]
+    d.pop("readonly"), d.pop("notice")
+    return d, "\n".join(lines)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
+    "new": cmd_new,
+    "status": cmd_status,
     "blueprint": cmd_blueprint,
     "families": cmd_families,
     "map": cmd_map,
@@ -189,23 +266,31 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-workbench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("blueprint", help="read an HF config.json: litert-torch config, size, problems")
-    b.add_argument("hf_dir", help="a Hugging Face model folder (holding config.json)")
+    b.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (holding config.json)")
+    b.add_argument("--project", default=None, help="a project folder instead of HF_DIR")
     b.add_argument("--kv", type=int, default=None, help="KV cache length for the memory figures")
     b.add_argument("--json", action="store_true", help="one JSON object on stdout")
     m = sub.add_parser("map", help="propose and check the weight mapping of an HF checkpoint")
-    m.add_argument("hf_dir", help="a Hugging Face model folder (config.json and weights)")
+    m.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (config.json and weights)")
+    m.add_argument("--project", default=None,
+                   help="a project folder instead of HF_DIR; a mapping without problems is saved there")
     m.add_argument("--mapping", default=None, help="a saved mapping (JSON) to check instead of proposing one")
     m.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c = sub.add_parser("compare", help="compare the re-authored model with transformers, layer by layer")
-    c.add_argument("hf_dir", help="a Hugging Face model folder")
+    c.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder")
+    c.add_argument("--project", default=None, help="a project folder instead of HF_DIR; the result is recorded")
+    c.add_argument("--name", default=None, help="with --project: the comparison's name (default compare-N)")
     c.add_argument("--mapping", default=None, help="a saved mapping (JSON); default: the proposed one")
     c.add_argument("--prompt", default=None, help="text to run (default: a short sentence)")
     c.add_argument("--tol", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
     c.add_argument("--max-new", type=int, default=8, help="greedy tokens to generate side by side")
-    c.add_argument("--tflite", default=None, help="also compare a converted .tflite's logits end to end")
+    c.add_argument("--tflite", default=None, help="also compare a converted .tflite's logits end to end "
+                                                "(with --project: a conversion's name)")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     v = sub.add_parser("convert", help="convert to a LiteRT .tflite (prefill/decode signatures), checked")
-    v.add_argument("hf_dir", help="a Hugging Face model folder")
+    v.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder")
+    v.add_argument("--project", default=None,
+                   help="a project folder instead of HF_DIR; written to its conversions/ and recorded")
     v.add_argument("--recipe", default="dynamic_int8",
                    help="a litert-torch scheme name (none, dynamic_int8, weight_only_int8, fp16, "
                         "dynamic_int4_block32, dynamic_int4_block128) or a per-layer recipe .json")
@@ -215,6 +300,15 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--name", default=None, help="file name without .tflite (default: model_recipe_kvN)")
     v.add_argument("--mapping", default=None, help="a saved mapping (JSON); default: the proposed one")
     v.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    n = sub.add_parser("new", help="create a project folder from a Hugging Face model folder")
+    n.add_argument("dir", help="the project folder (new or empty)")
+    n.add_argument("--from", dest="from_hf", required=True, help="the Hugging Face model folder")
+    n.add_argument("--name", default=None, help="the project's name (default: the model's)")
+    n.add_argument("--copy-checkpoint", action="store_true", help="copy the checkpoint into the project")
+    n.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    st = sub.add_parser("status", help="each step of a project: fresh, stale or missing")
+    st.add_argument("--project", required=True, help="the project folder")
+    st.add_argument("--json", action="store_true", help="one JSON object on stdout")
     f = sub.add_parser("families", help="the decoder families that can be imported")
     f.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p

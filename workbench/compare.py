@@ -129,7 +129,16 @@ class Comparison:
             "prompts": self.prompts,
             "notes": self.notes,
             "converted": self.converted,
+            "num_layers": self.num_layers,
         }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Comparison":
+        """The Comparison `to_json()` wrote, exactly (nothing is recomputed)."""
+        records = [Record(**{**r, "shape": tuple(r["shape"])}) for r in d["layers"]]
+        layers = {r.layer for r in records if r.layer is not None}
+        return cls(records, d["logits"], d["generation"], d["prompts"], d["tol"], d.get("notes", []),
+                   d.get("num_layers", max(layers) + 1 if layers else 0), d.get("converted"))
 
     def figures(self):
         from workbench import plots

@@ -292,6 +292,7 @@ class Job:
             "mapping_hash": spec["mapping_hash"], "seconds": done["seconds"],
             "peak_rss_bytes": self.peak_rss_bytes, "check": check, "checkpoint": spec["checkpoint"],
             "quant_error": done.get("quant_error"),
+            **spec.get("manifest_extra", {}),
         }
         mp = Path(spec["manifest_partial"])
         mp.write_text(json.dumps(manifest, indent=1))
@@ -318,14 +319,15 @@ def _hash(data: Any) -> str:
 def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", prefill: Sequence[int] = (8,),
             kv: int = 1024, out: Union[str, Path] = "out", name: Optional[str] = None,
             progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6,
-            analyze: Optional[bool] = None) -> Job:
+            analyze: Optional[bool] = None, manifest_extra: Optional[dict] = None) -> Job:
     """Starts a conversion in a child process and returns its Job at once.
 
     `source`: a Mapping (its Blueprint rides along), or a Hugging Face folder (the
     proposed mapping is used). Everything that can be refused is refused here, before
     the child starts: a mapping with problems, prefill longer than kv, a kv the model
     cannot hold, an unknown recipe or a per-layer recipe naming missing layers, an
-    output folder that cannot be written.
+    output folder that cannot be written. `manifest_extra`: more fields for the
+    manifest (a project records what the result was computed from there).
     """
     from workbench.blueprint import Blueprint
     from workbench.mapping import Mapping
@@ -385,6 +387,7 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         "schemes": {"embedding": r.scheme_of("embedding"),
                     "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
                                 "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},
+        "manifest_extra": manifest_extra or {},
     }
     (workdir / "spec.json").write_text(json.dumps(spec, indent=1))
     return Job(spec, workdir, progress)

@@ -557,8 +557,6 @@ class Mapping:
 
     @classmethod
     def open(cls, path: str | Path, checkpoint: Checkpoint | str | Path | None = None) -> "Mapping":
-        from workbench.blueprint import Blueprint
-
         p = Path(path)
         try:
             data = json.loads(p.read_text())
@@ -566,12 +564,21 @@ class Mapping:
             raise MappingError(f"no mapping file {str(p)!r}", hint="save one with m.save(path)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MappingError(f"{p} is not valid JSON ({e})", hint="save the mapping again") from None
+        return cls.from_json(data, checkpoint, where=str(p))
+
+    @classmethod
+    def from_json(cls, data: dict, checkpoint: Checkpoint | str | Path | None = None, blueprint=None,
+                  where: str = "the mapping") -> "Mapping":
+        """A mapping from `to_json()` data; `checkpoint` and `blueprint` replace the recorded ones."""
+        from workbench.blueprint import Blueprint
+
         if not isinstance(data, dict) or data.get("kind") != "edge-workbench/mapping":
-            raise MappingError(f"{p} is not an Edge Workbench mapping", hint="load a file written by m.save()")
+            raise MappingError(f"{where} is not an Edge Workbench mapping", hint="load a file written by m.save()")
         if data.get("schema") != SCHEMA_VERSION:
             raise MappingError(f"mapping schema {data.get('schema')!r} is not {SCHEMA_VERSION}",
                                hint="open it with the Edge Workbench version that wrote it")
-        m = cls(Blueprint.from_json(data["blueprint"]), checkpoint or data["checkpoint"], data["tensor_names"])
+        m = cls(blueprint or Blueprint.from_json(data["blueprint"]), checkpoint or data["checkpoint"],
+                data["tensor_names"])
         for target, src in data.get("rows", {}).items():
             m.set(target, src)
         for k in data.get("transposed", []):
@@ -579,6 +586,16 @@ class Mapping:
         for k in data.get("grouped", []):
             m.set_grouped(k)
         return m
+
+    def fingerprint(self) -> str:
+        """What the loaded weights depend on: the blueprint, the patterns and row edits,
+        the layouts, and the checkpoint's identity."""
+        import hashlib
+
+        d = {"blueprint": self.blueprint.fingerprint(), "tensor_names": self.tensor_names, "rows": self.rows,
+             "transposed": sorted(self.transposed), "grouped": sorted(self.grouped),
+             "checkpoint": self.checkpoint.fingerprint()}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_python(self) -> str:
         """The `TENSOR_NAMES = ModelLoader.TensorNames(...)` block for the emitted module."""

@@ -1,0 +1,608 @@
+"""Projects: one folder holds the whole path from checkpoint to converted model.
+
+    wb = Workbench.new("my-project/", from_hf="sample_models/llama-tiny")
+    wb.blueprint.set("kv_cache_length", 256); wb.save_blueprint()
+    wb.save_mapping()            # the proposed mapping, reviewed
+    wb.compare()                 # recorded under comparisons/
+    wb.convert(recipe="dynamic_int8", prefill=[8], kv=256)   # recorded under conversions/
+    wb.status()                  # {"blueprint": "fresh", "mapping": "fresh", ...}
+
+    wb = Workbench.open("my-project/")   # later, another process: every step restored, nothing recomputed
+
+The folder is meant for git: `workbench.json` (versioned) plus one JSON file per step and
+the artefacts, every path relative to the folder. Every write is atomic (temporary file,
+fsync, rename, fsync of the folder). Each result records the fingerprints of what it was
+computed from; when an upstream step changes, the results below it read as stale, and
+the steps that would consume them refuse to.
+
+A process that opens a project for writing holds an advisory lock (`.workbench.lock`,
+released when the process ends, even by a crash); a second one gets the project read-only
+with a message naming the holder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from workbench.errors import WorkbenchError
+
+SCHEMA_VERSION = 1
+PROJECT_FILE = "workbench.json"
+LOCK_FILE = ".workbench.lock"
+KIND = "edge-workbench/project"
+STEPS = ("blueprint", "mapping", "comparisons", "conversions")
+FRESH, STALE, MISSING = "fresh", "stale", "missing"
+# The lock and what a killed process may leave are never part of a project's history.
+GITIGNORE = f"{LOCK_FILE}\n.*.tmp-*\n.*.partial-*\n"
+
+
+class ProjectError(WorkbenchError):
+    """A project that cannot be opened, read or written as asked."""
+
+
+# ---- atomic files ------------------------------------------------------------------
+def _write_all(f, data: bytes) -> None:
+    """Writes every byte (a seam: the disk-full tests fail it half-way)."""
+    f.write(data)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _io_error(e: OSError, path: Path) -> ProjectError:
+    if e.errno == errno.ENOSPC:
+        return ProjectError(f"the disk is full while writing {path.name}; the previous version is intact",
+                            hint="free space on the project's disk and save again")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ProjectError(f"cannot write {path}: {e.strerror}",
+                            hint="the project folder is read-only: copy it somewhere writable, or fix its "
+                                 "permissions")
+    return ProjectError(f"cannot write {path}: {e.strerror or e}", hint="check the project folder")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replaces `path` with `data` so that a reader sees the old file or the new one, never
+    half of one: temporary file beside it, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            _write_all(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise _io_error(e, path) from None
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n").encode())
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProjectError(f"{what} is missing: {path}", hint="restore it from git, or redo that step") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProjectError(f"{what} ({Path(path).name}) is not valid JSON: {e}",
+                           hint="restore it from git (`git checkout -- FILE`), or delete it and redo that step") \
+            from None
+    except OSError as e:
+        raise ProjectError(f"cannot read {path}: {e.strerror or e}", hint="check the file's permissions") from None
+    if not isinstance(data, dict):
+        raise ProjectError(f"{what} ({Path(path).name}) holds a {type(data).__name__}, not a JSON object",
+                           hint="restore it from git, or delete it and redo that step")
+    return data
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _name_ok(name: str) -> str:
+    if not name or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ProjectError(f"{name!r} cannot name a result file", hint="use letters, digits, '-' and '_'")
+    return name
+
+
+# ---- the lock ----------------------------------------------------------------------
+class _Lock:
+    """An advisory `flock` on `.workbench.lock`: the kernel drops it when the holder dies."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_FILE
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> Optional[str]:
+        """Takes the lock; returns None, or why it could not (held, or a read-only folder)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            return f"the project folder is not writable ({e.strerror})"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            return f"it is open for writing by {holder}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}".encode(), 0)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# ---- the project -------------------------------------------------------------------
+class Workbench:
+    """One project folder: blueprint → mapping → comparisons → conversions.
+
+    Open with `Workbench.new(...)` or `Workbench.open(...)`. `readonly` is True when
+    another process holds the project, the folder cannot be written, or it was asked
+    for; `notice` then says why, and every write raises ProjectError.
+    """
+
+    def __init__(self, root: Path, data: dict, readonly: bool, notice: str, lock: Optional[_Lock]) -> None:
+        self.root = root
+        self._data = data
+        self.readonly = readonly
+        self.notice = notice
+        self._lock = lock
+        self.blueprint = None
+        self._mapping = None
+        self._mapping_fp: Optional[str] = None  # the blueprint fingerprint the cached mapping was built on
+        self._mapping_data: Optional[dict] = None
+        self.comparisons: dict[str, dict] = {}
+        self.problems: list[str] = []  # what could not be read, each naming the file
+
+    # ---- opening ----------------------------------------------------------------
+    @classmethod
+    def new(cls, path: Union[str, Path], from_hf: Union[str, Path, None] = None, *, blueprint=None,
+            name: Optional[str] = None, copy_checkpoint: bool = False) -> "Workbench":
+        """Creates a project in `path` (a new or empty folder) from a Hugging Face model folder.
+
+        The checkpoint stays where it is (recorded relative to the project, and absolute as
+        a fallback) unless `copy_checkpoint`: then it is copied into `checkpoint/`, and the
+        project is self-contained.
+        """
+        from workbench.blueprint import Blueprint
+
+        root = Path(path)
+        if (root / PROJECT_FILE).exists():
+            raise ProjectError(f"{root} is already a project", hint=f"open it: Workbench.open({str(root)!r})")
+        if root.exists() and not root.is_dir():
+            raise ProjectError(f"{root} is a file, not a folder", hint="give a new or empty folder")
+        if root.is_dir() and any(p.name != LOCK_FILE for p in root.iterdir()):
+            raise ProjectError(f"{root} is not empty", hint="give a new or empty folder for the project")
+        if from_hf is None and blueprint is None:
+            raise ProjectError("a project starts from a Hugging Face folder (from_hf=) or a Blueprint",
+                               hint="Workbench.new(path, from_hf='sample_models/llama-tiny')")
+        bp = Blueprint.from_hf(from_hf) if from_hf is not None else blueprint.copy()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _io_error(e, root) from None
+        checkpoint = None
+        if from_hf is not None:
+            source = Path(from_hf).resolve()
+            if copy_checkpoint:
+                _copy_tree(source, root / "checkpoint")
+                source = (root / "checkpoint").resolve()
+            checkpoint = _path_record(source, root)
+        data = {"kind": KIND, "schema": SCHEMA_VERSION, "name": name or bp.name or root.name, "created": _now(),
+                "checkpoint": checkpoint}
+        atomic_write_bytes(root / ".gitignore", GITIGNORE.encode())
+        atomic_write_json(root / PROJECT_FILE, data)
+        wb = cls.open(root, readonly=False)
+        wb.blueprint = bp
+        wb.save_blueprint()
+        return wb
+
+    @classmethod
+    def open(cls, path: Union[str, Path], readonly: Optional[bool] = None) -> "Workbench":
+        """Opens a project; every step's saved state and results come back as they were.
+
+        readonly: None — write if possible, else read-only with `notice` saying why;
+        True — read-only; False — writing required (ProjectError if it is not possible).
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise ProjectError(f"no project folder {str(root)!r}",
+                               hint="create one with Workbench.new(path, from_hf=...) or "
+                                    "`edge-workbench new DIR --from HF_DIR`")
+        if not (root / PROJECT_FILE).is_file():
+            if (root / "mapping.json").is_file():
+                return cls._migrate_loose(root, readonly)
+            raise ProjectError(f"{root} is not an Edge Workbench project (no {PROJECT_FILE})",
+                               hint="create one with Workbench.new(path, from_hf=...)")
+        data = read_json(root / PROJECT_FILE, "the project file")
+        data = _migrate(data, root)
+        lock, notice = None, ""
+        if readonly is not True:
+            lock = _Lock(root)
+            why = lock.acquire()
+            if why:
+                lock = None
+                if readonly is False:
+                    raise ProjectError(f"cannot open {root} for writing: {why}",
+                                       hint="close the project there (wb.close()) or open it read-only")
+                notice = f"opened read-only: {why}"
+        wb = cls(root, data, lock is None, notice if readonly is not True else "opened read-only, as asked", lock)
+        wb._load()
+        return wb
+
+    def close(self) -> None:
+        """Releases the lock (a read-only project has none)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            self.readonly = True
+            self.notice = "closed"
+
+    def __enter__(self) -> "Workbench":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- reading ----------------------------------------------------------------
+    def _load(self) -> None:
+        from workbench.blueprint import Blueprint
+
+        bp_path = self.root / "blueprint.json"
+        if bp_path.exists():
+            try:
+                self.blueprint = Blueprint.from_json(read_json(bp_path, "the blueprint"))
+            except WorkbenchError as e:
+                self.problems.append(f"blueprint.json: {e.message}")
+        mp = self.root / "mapping.json"
+        if mp.exists():
+            try:
+                self._mapping_data = read_json(mp, "the mapping")
+            except ProjectError as e:
+                self.problems.append(f"mapping.json: {e.message}")
+        for f in sorted((self.root / "comparisons").glob("*.json")):
+            try:
+                self.comparisons[f.stem] = read_json(f, f"comparison {f.stem}")
+            except ProjectError as e:
+                self.problems.append(f"comparisons/{f.name}: {e.message}")
+
+    @property
+    def conversions(self) -> dict[str, dict]:
+        """Manifests of the conversions in conversions/ (read afresh: a job publishes there
+        from its own thread, and a half-written one never has a manifest)."""
+        out = {}
+        for f in sorted((self.root / "conversions").glob("*.json")):
+            try:
+                manifest = read_json(f, f"conversion {f.stem}")
+            except ProjectError as e:
+                if f"conversions/{f.name}: {e.message}" not in self.problems:
+                    self.problems.append(f"conversions/{f.name}: {e.message}")
+                continue
+            if manifest.get("kind") == "edge-workbench/conversion":
+                out[f.stem] = manifest
+        return out
+
+    def checkpoint_path(self) -> Path:
+        """The checkpoint folder: relative to the project first, then the absolute fallback."""
+        rec = self._data.get("checkpoint")
+        if not rec:
+            raise ProjectError("this project has no checkpoint", hint="wb.set_checkpoint(HF_DIR)")
+        for candidate in (self.root / rec["relative"], Path(rec["absolute"])):
+            if (candidate / "config.json").is_file() or candidate.is_file():
+                return candidate
+        raise ProjectError(f"the project's checkpoint is not at {rec['relative']} (relative to the project) nor at "
+                           f"{rec['absolute']}", hint="point the project at it: wb.set_checkpoint(HF_DIR)")
+
+    def set_checkpoint(self, path: Union[str, Path]) -> None:
+        """Points the project at its checkpoint again (after moving it)."""
+        self._writable()
+        p = Path(path).resolve()
+        if not (p / "config.json").is_file():
+            raise ProjectError(f"{p} holds no config.json", hint="give the Hugging Face model folder")
+        self._data["checkpoint"] = _path_record(p, self.root)
+        self._mapping = None
+        atomic_write_json(self.root / PROJECT_FILE, self._data)
+
+    @property
+    def mapping(self):
+        """The mapping onto the current blueprint: the saved one (its patterns and edits),
+        else the proposed one. Raises ProjectError when the checkpoint cannot be found."""
+        from workbench.mapping import Mapping
+
+        self._need_blueprint()
+        if self._mapping is not None and self._mapping_fp == self.blueprint.fingerprint():
+            return self._mapping
+        ck = self.checkpoint_path()
+        if self._mapping_data is not None:
+            try:
+                m = Mapping.from_json(self._mapping_data, checkpoint=ck, blueprint=self.blueprint,
+                                      where="mapping.json")
+            except WorkbenchError as e:
+                raise ProjectError(f"mapping.json cannot be used with the current blueprint: {e.message}",
+                                   hint="fix the blueprint, or delete mapping.json to start from the proposal") \
+                    from None
+        else:
+            m = Mapping.propose(self.blueprint, ck)
+        self._mapping, self._mapping_fp = m, self.blueprint.fingerprint()
+        return m
+
+    # ---- writing ----------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ProjectError(f"the project {self.root} is read-only ({self.notice or 'opened read-only'})",
+                               hint="nothing was written; open it for writing where it is not open already")
+
+    def _need_blueprint(self) -> None:
+        if self.blueprint is None:
+            raise ProjectError("the project has no usable blueprint" +
+                               (f" ({'; '.join(p for p in self.problems if 'blueprint' in p)})" if self.problems else ""),
+                               hint="restore blueprint.json from git, or set wb.blueprint and wb.save_blueprint()")
+
+    def save_blueprint(self) -> None:
+        """Saves the blueprint (edits included); results computed from an older one turn stale."""
+        self._writable()
+        self._need_blueprint()
+        atomic_write_json(self.root / "blueprint.json", self.blueprint.to_json())
+
+    def save_mapping(self, mapping=None) -> None:
+        """Saves the mapping (default: the current one) as reviewed against the current blueprint,
+        and the emitted Python beside it (`model.py`: blueprint + TENSOR_NAMES)."""
+        self._writable()
+        m = mapping or self.mapping
+        if m.blueprint.fingerprint() != self.blueprint.fingerprint():
+            raise ProjectError("this mapping was made for another blueprint than the project's",
+                               hint="build it on wb.blueprint (wb.mapping does)")
+        data = m.to_json()
+        data["checkpoint"] = self._data["checkpoint"]["relative"] if self._data.get("checkpoint") else ""
+        data["inputs"] = {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint()}
+        atomic_write_json(self.root / "mapping.json", data)
+        atomic_write_bytes(self.root / "model.py", m.module_source().encode())
+        self._mapping_data, self._mapping, self._mapping_fp = data, m, self.blueprint.fingerprint()
+
+    # ---- fingerprints and staleness ------------------------------------------------
+    def _current(self) -> dict[str, Optional[str]]:
+        """Fingerprints of the upstream steps as they are now (None where a step is unusable)."""
+        bp = self.blueprint.fingerprint() if self.blueprint is not None else None
+        saved = (self._mapping_data or {}).get("inputs", {})
+        mapping = None
+        if bp is not None and saved.get("blueprint") == bp:
+            try:
+                mapping = self.mapping.fingerprint()
+            except WorkbenchError:
+                mapping = None
+            if mapping != saved.get("mapping"):
+                mapping = None  # the checkpoint changed under the saved mapping
+        return {"blueprint": bp, "mapping": mapping}
+
+    def _result_state(self, inputs: dict, current: dict) -> str:
+        if not inputs or current["mapping"] is None:
+            return STALE
+        return FRESH if all(inputs.get(k) == current[k] for k in ("blueprint", "mapping")) else STALE
+
+    def status(self, detail: bool = False) -> dict:
+        """Each step as fresh / stale / missing. With detail, per result too, and why."""
+        cur = self._current()
+        steps: dict[str, str] = {}
+        why: dict[str, Any] = {}
+        steps["blueprint"] = FRESH if self.blueprint is not None else MISSING
+        if self._mapping_data is None:
+            steps["mapping"] = MISSING
+        else:
+            steps["mapping"] = FRESH if cur["mapping"] is not None else STALE
+            if cur["mapping"] is None:
+                saved = self._mapping_data.get("inputs", {})
+                why["mapping"] = ("made for another blueprint" if saved.get("blueprint") != cur["blueprint"]
+                                  else "the checkpoint changed or cannot be found")
+        comps = {n: self._result_state(c.get("inputs", {}), cur) for n, c in self.comparisons.items()}
+        convs = {}
+        conversions = self.conversions
+        for n, man in conversions.items():
+            state = self._result_state(man.get("inputs", {}), cur)
+            art = self.root / "conversions" / man.get("model", f"{n}.tflite")
+            if not art.is_file():
+                state, why[f"conversions/{n}"] = MISSING, f"{art.name} is missing"
+            elif art.stat().st_size != man.get("size_bytes"):
+                state, why[f"conversions/{n}"] = MISSING, (f"{art.name} is {art.stat().st_size} bytes, the manifest "
+                                                           f"says {man.get('size_bytes')}: damaged or half-written")
+            convs[n] = state
+        for step, states in (("comparisons", comps), ("conversions", convs)):
+            steps[step] = MISSING if not states else (FRESH if all(s == FRESH for s in states.values()) else
+                                                      STALE if any(s == STALE for s in states.values()) else MISSING)
+        if not detail:
+            return steps
+        return {"steps": steps, "comparisons": comps, "conversions": convs, "why": why,
+                "problems": list(self.problems), "readonly": self.readonly, "notice": self.notice,
+                "leftovers": [str(p.relative_to(self.root)) for p in self.leftovers()]}
+
+    def leftovers(self) -> list[Path]:
+        """Half-written files a killed process left (never read as results)."""
+        pats = (".*.tmp-*", ".*.partial-*")
+        out: list[Path] = []
+        for sub in (self.root, self.root / "comparisons", self.root / "conversions"):
+            for pat in pats:
+                out += sorted(sub.glob(pat))
+        return out
+
+    def clean_leftovers(self) -> list[str]:
+        self._writable()
+        gone = []
+        for p in self.leftovers():
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+        return gone
+
+    def _require_fresh_mapping(self, allow_stale: bool) -> Any:
+        m = self.mapping
+        if self._mapping_data is None:
+            raise ProjectError("the project has no saved mapping: results must say which mapping they used",
+                               hint="review wb.mapping (wb.mapping.problems()), then wb.save_mapping()")
+        if self.status()["mapping"] != FRESH and not allow_stale:
+            raise ProjectError("the saved mapping is stale: it was reviewed against another blueprint or "
+                               "checkpoint", hint="review wb.mapping.problems(), then wb.save_mapping()")
+        return m
+
+    # ---- steps that record results ------------------------------------------------
+    def compare(self, name: Optional[str] = None, *, tflite: Optional[str] = None, allow_stale: bool = False,
+                **kwargs):
+        """Runs `workbench.compare.compare` on the project's model and records it in
+        comparisons/NAME.json. `tflite`: a conversion of this project, by name."""
+        from workbench.compare import compare
+
+        self._writable()
+        m = self._require_fresh_mapping(allow_stale)
+        tfl = None
+        if tflite is not None:
+            tfl = self.conversion_path(tflite, allow_stale=allow_stale)
+        c = compare(self.checkpoint_path(), self.blueprint, m, tflite=tfl, **kwargs)
+        name = _name_ok(name or f"compare-{len(self.comparisons) + 1}")
+        record = {"kind": "edge-workbench/comparison", "schema": 1, "created": _now(),
+                  "inputs": {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint(),
+                             "tflite": tflite},
+                  "result": c.to_json()}
+        atomic_write_json(self.root / "comparisons" / f"{name}.json", record)
+        self.comparisons[name] = record
+        return c
+
+    def comparison(self, name: str):
+        """A recorded comparison as a Comparison (plots and verdict work; nothing recomputed)."""
+        from workbench.compare import Comparison
+
+        if name not in self.comparisons:
+            raise ProjectError(f"no comparison named {name!r}", hint=f"recorded: {', '.join(self.comparisons) or 'none'}")
+        return Comparison.from_json(self.comparisons[name]["result"])
+
+    def convert(self, name: Optional[str] = None, *, allow_stale: bool = False, **kwargs):
+        """Starts `workbench.convert.convert` on the project's mapping, writing into
+        conversions/; the manifest records what the file was computed from. Returns the Job."""
+        from workbench.convert import convert
+
+        self._writable()
+        m = self._require_fresh_mapping(allow_stale)
+        inputs = {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint()}
+        return convert(m, out=self.root / "conversions", name=name, manifest_extra={"inputs": inputs}, **kwargs)
+
+    def conversion_path(self, name: str, allow_stale: bool = False) -> Path:
+        """The .tflite of a recorded conversion; refuses a stale or damaged one."""
+        conversions = self.conversions
+        if name not in conversions:
+            raise ProjectError(f"no conversion named {name!r}",
+                               hint=f"recorded: {', '.join(conversions) or 'none'}")
+        detail = self.status(detail=True)
+        state = detail["conversions"][name]
+        if state == MISSING:
+            raise ProjectError(f"conversion {name}: {detail['why'].get('conversions/' + name, 'missing')}",
+                               hint="convert again (wb.convert(...))")
+        if state == STALE and not allow_stale:
+            raise ProjectError(f"conversion {name} is stale: the blueprint or mapping changed after it was made",
+                               hint="convert again, or pass allow_stale=True to use it knowingly")
+        return self.root / "conversions" / conversions[name]["model"]
+
+    def to_python(self) -> str:
+        """The re-authoring module (blueprint + TENSOR_NAMES) of the saved mapping."""
+        return self.mapping.module_source()
+
+    def __repr__(self) -> str:
+        s = self.status()
+        ro = ", read-only" if self.readonly else ""
+        return f"Workbench({str(self.root)!r}{ro}: " + ", ".join(f"{k} {v}" for k, v in s.items()) + ")"
+
+    # ---- migration from loose files --------------------------------------------------
+    @classmethod
+    def _migrate_loose(cls, root: Path, readonly: Optional[bool]) -> "Workbench":
+        """Schema 0: a folder of files Edge Workbench saved before projects existed — a
+        `mapping.json` from `Mapping.save` (blueprint inside, checkpoint by absolute path)
+        and conversions (`.tflite` + manifest) in `conversions/` or `out/`. Adopted in place:
+        `workbench.json`, `blueprint.json` written; files are left where they are."""
+        old = read_json(root / "mapping.json", "the mapping")
+        if old.get("kind") != "edge-workbench/mapping":
+            raise ProjectError(f"{root}/mapping.json is not an Edge Workbench mapping, and {root} has no "
+                               f"{PROJECT_FILE}", hint="create a project with Workbench.new(path, from_hf=...)")
+        if readonly:
+            raise ProjectError(f"{root} holds files from before projects (schema 0); opening it migrates them",
+                               hint="open it once for writing to migrate it")
+        ck = Path(old.get("checkpoint", ""))
+        data = {"kind": KIND, "schema": SCHEMA_VERSION, "name": root.name, "created": _now(),
+                "checkpoint": _path_record(ck.resolve(), root) if str(ck) else None, "migrated_from": 0}
+        atomic_write_json(root / "blueprint.json", old["blueprint"])
+        if (root / "out").is_dir() and not (root / "conversions").exists():
+            (root / "out").rename(root / "conversions")
+        atomic_write_json(root / PROJECT_FILE, data)
+        wb = cls.open(root, readonly=readonly)
+        try:
+            m = wb.mapping
+        except WorkbenchError:
+            return wb  # the checkpoint moved: status says so; set_checkpoint fixes it
+        if m.blueprint.fingerprint() == old.get("blueprint_fingerprint", m.blueprint.fingerprint()):
+            wb.save_mapping(m)
+        return wb
+
+
+def _migrate(data: dict, root: Path) -> dict:
+    """Checks the project file; brings older schemas up to this one."""
+    if data.get("kind") != KIND:
+        raise ProjectError(f"{root / PROJECT_FILE} is not an Edge Workbench project file",
+                           hint="restore it from git, or move it away and create the project again")
+    schema = data.get("schema")
+    if not isinstance(schema, int):
+        raise ProjectError(f"{root / PROJECT_FILE} has no schema version", hint="restore it from git")
+    if schema > SCHEMA_VERSION:
+        raise ProjectError(f"the project was written by a newer Edge Workbench (schema {schema}; this one reads up "
+                           f"to {SCHEMA_VERSION})", hint="upgrade Edge Workbench to open it; nothing was changed")
+    if schema < 1:
+        raise ProjectError(f"project schema {schema} is unknown", hint="restore workbench.json from git")
+    return data
+
+
+def _path_record(target: Path, root: Path) -> dict:
+    return {"relative": os.path.relpath(target, root.resolve()), "absolute": str(target)}
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    if not (src / "config.json").is_file():
+        raise ProjectError(f"{src} holds no config.json", hint="give a Hugging Face model folder")
+    tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copytree(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _io_error(e, dst) from None
+
+
+__all__ = ["Workbench", "ProjectError", "STEPS", "atomic_write_bytes", "atomic_write_json"]
