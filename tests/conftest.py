@@ -50,3 +50,29 @@ def make_hf_checkpoint(tmp: Path, config, seed: int = 0) -> Path:
             p.add_(torch.randn_like(p) * 0.05)
     model.save_pretrained(tmp)
     return tmp
+
+
+@pytest.fixture(scope="session")
+def llama_project(samples, tmp_path_factory):
+    """A project with every step done once: blueprint, saved mapping, a comparison and a
+    conversion (made through the CLI's --project, so that path is covered too)."""
+    from workbench import cli
+    from workbench.project import Workbench
+
+    root = tmp_path_factory.mktemp("projects") / "llama-project"
+    wb = Workbench.new(root, from_hf=samples["llama"], copy_checkpoint=True)
+    wb.save_mapping()
+    wb.compare("first", max_new_tokens=2)
+    wb.close()
+    assert cli.main(["convert", "--project", str(root), "--recipe", "none", "--prefill", "8", "--kv", "32",
+                     "--name", "fp32", "--json"]) == 0
+    return root
+
+
+def copy_project(project: Path, tmp_path: Path, name: str = "copy") -> Path:
+    """A copy of a project to break or edit (without the holder's lock file)."""
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(project, dst, ignore=shutil.ignore_patterns(".workbench.lock"))
+    return dst

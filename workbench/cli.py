@@ -33,7 +33,9 @@ def _project(args: argparse.Namespace, write: bool):
     if args.hf_dir:
         raise WorkbenchError(f"give either HF_DIR ({args.hf_dir}) or --project, not both",
                              hint="with --project the project's own checkpoint is used")
-    return Workbench.open(args.project, readonly=False if write else True)
+    wb = Workbench.open(args.project, readonly=False if write else True)
+    args._projects.append(wb)
+    return wb
 
 
 def _need_source(args: argparse.Namespace) -> None:
@@ -240,6 +242,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.project import Workbench
 
     wb = Workbench.open(args.project, readonly=True)
+    args._projects.append(wb)
     d = wb.status(detail=True)
     lines = [f"{wb.root} ({wb._data.get('name')})"]
     lines += [f"  {k:<12} {v}" + (f"  ({d['why'][k]})" if k in d["why"] else "") for k, v in d["steps"].items()]
@@ -321,6 +324,15 @@ def emit(obj: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args._projects = []
+    try:
+        return _run(args)
+    finally:
+        for wb in args._projects:  # a project a command opened is closed (its lock released)
+            wb.close()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         out, text = COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -131,6 +131,11 @@ def _name_ok(name: str) -> str:
 
 
 # ---- the lock ----------------------------------------------------------------------
+# Projects this process holds, by real path -> the Workbench holding the lock. Opening a
+# project again in the same process (a re-run notebook cell) takes the lock over.
+_HOLDERS: dict[str, "Workbench"] = {}
+
+
 class _Lock:
     """An advisory `flock` on `.workbench.lock`: the kernel drops it when the holder dies."""
 
@@ -253,7 +258,12 @@ class Workbench:
         data = read_json(root / PROJECT_FILE, "the project file")
         data = _migrate(data, root)
         lock, notice = None, ""
-        if readonly is not True:
+        key = str(root.resolve())
+        previous = _HOLDERS.get(key)
+        if readonly is not True and previous is not None and previous._lock is not None:
+            lock, previous._lock = previous._lock, None  # taken over: the older object turns read-only
+            previous.readonly, previous.notice = True, "read-only: the project was opened again in this process"
+        elif readonly is not True:
             lock = _Lock(root)
             why = lock.acquire()
             if why:
@@ -263,6 +273,8 @@ class Workbench:
                                        hint="close the project there (wb.close()) or open it read-only")
                 notice = f"opened read-only: {why}"
         wb = cls(root, data, lock is None, notice if readonly is not True else "opened read-only, as asked", lock)
+        if lock is not None:
+            _HOLDERS[key] = wb
         wb._load()
         return wb
 
@@ -273,6 +285,7 @@ class Workbench:
             self._lock = None
             self.readonly = True
             self.notice = "closed"
+            _HOLDERS.pop(str(self.root.resolve()), None)
 
     def __enter__(self) -> "Workbench":
         return self
