@@ -45,3 +45,8 @@ def import_stack() -> None:
         import transformers.models.auto.configuration_auto  # noqa: F401
         import litert_torch.generative.layers.model_config  # noqa: F401
         import litert_torch.generative.utilities.model_builder  # noqa: F401
+        from transformers.utils import logging as hf_logging
+
+    # transformers 5 draws a "Loading weights" bar for every from_pretrained: in a panel or a
+    # notebook cell it is noise between our own progress lines.
+    hf_logging.disable_progress_bar()

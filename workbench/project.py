@@ -121,7 +121,7 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _name_ok(name: str) -> str:
@@ -454,14 +454,22 @@ class Workbench:
                 state, why[f"conversions/{n}"] = MISSING, (f"{art.name} is {art.stat().st_size} bytes, the manifest "
                                                            f"says {man.get('size_bytes')}: damaged or half-written")
             convs[n] = state
-        for step, states in (("comparisons", comps), ("conversions", convs)):
-            steps[step] = MISSING if not states else (FRESH if all(s == FRESH for s in states.values()) else
-                                                      STALE if any(s == STALE for s in states.values()) else MISSING)
+        # A step with several results reads as its newest one (per result: `detail=True`).
+        newest_comp = max(comps, key=lambda n: self.comparisons[n].get("created", ""), default=None)
+        newest_conv = max(convs, key=lambda n: self._manifest_time(n), default=None)
+        steps["comparisons"] = comps[newest_comp] if newest_comp else MISSING
+        steps["conversions"] = convs[newest_conv] if newest_conv else MISSING
         if not detail:
             return steps
         return {"steps": steps, "comparisons": comps, "conversions": convs, "why": why,
                 "problems": list(self.problems), "readonly": self.readonly, "notice": self.notice,
                 "leftovers": [str(p.relative_to(self.root)) for p in self.leftovers()]}
+
+    def _manifest_time(self, name: str) -> float:
+        try:
+            return (self.root / "conversions" / f"{name}.json").stat().st_mtime
+        except OSError:
+            return 0.0
 
     def leftovers(self) -> list[Path]:
         """Half-written files a killed process left (never read as results)."""
@@ -549,6 +557,25 @@ class Workbench:
     def to_python(self) -> str:
         """The re-authoring module (blueprint + TENSOR_NAMES) of the saved mapping."""
         return self.mapping.module_source()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        d = self.status(detail=True)
+        color = {FRESH: "#2e7d32", STALE: "#e65100", MISSING: "#757575"}
+        rows = []
+        for step, state in d["steps"].items():
+            rows.append(f"<tr><td><b>{step}</b></td><td style='color:{color[state]}'>{state}</td>"
+                        f"<td>{html.escape(str(d['why'].get(step, '')))}</td></tr>")
+            for name, st in d.get(step, {}).items() if step in ("comparisons", "conversions") else ():
+                why = d["why"].get(f"{step}/{name}", "")
+                rows.append(f"<tr><td>&nbsp;&nbsp;{html.escape(name)}</td><td style='color:{color[st]}'>{st}</td>"
+                            f"<td>{html.escape(why)}</td></tr>")
+        notes = d["problems"] + [f"leftover of a killed process: {x}" for x in d["leftovers"]]
+        return (f"<div class='ewb-project'><b>Project</b> {html.escape(str(self.root))}"
+                + (f" <i>({html.escape(self.notice or 'read-only')})</i>" if self.readonly else "")
+                + "<table>" + "".join(rows) + "</table>"
+                + "".join(f"<div style='color:#c62828'>{html.escape(n)}</div>" for n in notes) + "</div>")
 
     def __repr__(self) -> str:
         s = self.status()
