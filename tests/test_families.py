@@ -121,6 +121,13 @@ def test_family_that_cannot_be_imported_names_why(tmp_path, model_type, missing)
         Blueprint.from_hf(tmp_path)
 
 
+def test_embedding_gemma_is_refused_as_an_encoder():
+    with pytest.raises(BlueprintError, match="EmbeddingGemma"):
+        Blueprint.from_hf_config({"model_type": "gemma3_text", "use_bidirectional_attention": True,
+                                  "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                                  "vocab_size": 300})
+
+
 def test_per_layer_rope_scaling_is_refused_by_name():
     with pytest.raises(BlueprintError, match="RoPE scaling of their own"):
         Blueprint.from_hf_config({

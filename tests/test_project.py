@@ -194,3 +194,25 @@ def test_cli_new_status_and_project_steps(samples, tmp_path, capsys):
     assert out["comparisons"] == {"c1": "fresh"}
     assert cli.main(["compare", str(samples["qwen2"]), "--project", str(root), "--json"]) == cli.EXIT_ERROR
     assert "not both" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_panels_on_a_project_record_their_results_and_refuse_stale_inputs(llama_project, tmp_path):
+    from workbench_widgets import ComparePanel, ConvertPanel
+
+    root = _copy(llama_project, tmp_path)
+    with Workbench.open(root) as wb:
+        cp = ComparePanel.for_project(wb)
+        cp.max_new.value = 1
+        assert cp.run() is not None and cp.passed
+        assert len(wb.comparisons) == 2 and wb.status()["comparisons"] == "fresh"
+        panel = ConvertPanel.for_project(wb)
+        assert panel.out.disabled and panel.out.value == str(root / "conversions")
+        panel.recipe.value, panel.kv.value = "dynamic_int8", 32
+        panel.convert()
+        res = panel.wait(300)
+        assert res is not None and res.path.parent == root / "conversions"
+        assert wb.status(detail=True)["conversions"][res.path.stem] == "fresh"
+        wb.blueprint.set("kv_cache_length", 64)
+        wb.save_blueprint()
+        assert panel.convert() is None and "stale" in panel.card.value
+        assert cp.run() is None and "stale" in cp.verdict_html.value

@@ -31,6 +31,7 @@ class ComparePanel(W.VBox):
         self.hf_dir = Path(hf_dir)
         self.target = model_or_blueprint
         self.mapping = mapping
+        self.project = None  # set by for_project: results are recorded there
         self.comparison: Optional[Comparison] = None
 
         self.prompt = W.Textarea(value="Once upon a time, a small robot lived in a quiet town.",
@@ -62,6 +63,13 @@ class ComparePanel(W.VBox):
         ]
         self.add_class("ewb-compare")
 
+    @classmethod
+    def for_project(cls, wb, **kwargs: Any) -> "ComparePanel":
+        """A panel on a project's model; each run is recorded in the project (comparisons/)."""
+        panel = cls(wb.checkpoint_path(), wb.blueprint, wb.mapping, **kwargs)
+        panel.project = wb
+        return panel
+
     # ---- actions ------------------------------------------------------------------
     def run(self) -> Optional[Comparison]:
         """Runs the comparison on the prompt; shows the result, or the error and its fix."""
@@ -75,8 +83,12 @@ class ComparePanel(W.VBox):
 
         try:
             text = self.prompt.value
-            self.comparison = compare(self.hf_dir, self.target, self.mapping, prompts=[text], tol=self.tol.value,
-                                      max_new_tokens=self.max_new.value, progress=progress)
+            if self.project is not None:
+                self.comparison = self.project.compare(prompts=[text], tol=self.tol.value,
+                                                       max_new_tokens=self.max_new.value, progress=progress)
+            else:
+                self.comparison = compare(self.hf_dir, self.target, self.mapping, prompts=[text], tol=self.tol.value,
+                                          max_new_tokens=self.max_new.value, progress=progress)
         except WorkbenchError as e:
             self.progress.bar_style = "danger"
             self.verdict_html.value = (f"<div class='ewb-error' style='color:#c62828;white-space:pre-wrap'>"

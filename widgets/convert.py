@@ -36,6 +36,7 @@ class ConvertPanel(W.VBox):
     def __init__(self, mapping, out: str | Path = "out", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mapping = mapping
+        self.project = None  # set by for_project: conversions go to its conversions/ and are recorded
         self.job: Optional[Job] = None
         self.result: Optional[ConversionResult] = None
         self.error: Optional[WorkbenchError] = None
@@ -95,6 +96,15 @@ class ConvertPanel(W.VBox):
         self._update_estimate()
         prewarm()  # the first Convert click skips the ~5 s import of torch/litert-torch
 
+    @classmethod
+    def for_project(cls, wb, **kwargs: Any) -> "ConvertPanel":
+        """A panel on a project: its mapping, its conversions/ folder; the manifest records
+        what each file was computed from, so the project can tell when it turns stale."""
+        panel = cls(wb.mapping, out=wb.root / "conversions", **kwargs)
+        panel.project = wb
+        panel.out.disabled = True
+        return panel
+
     # ---- the form -----------------------------------------------------------------
     def recipe_spec(self):
         """The recipe the form describes: a scheme name or a per-layer dict."""
@@ -138,8 +148,12 @@ class ConvertPanel(W.VBox):
             return None
         self.result, self.error = None, None
         try:
-            self.job = convert(self.mapping, recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
-                               out=self.out.value, progress=self._on_progress)
+            if self.project is not None:
+                self.job = self.project.convert(recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
+                                                progress=self._on_progress)
+            else:
+                self.job = convert(self.mapping, recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
+                                   out=self.out.value, progress=self._on_progress)
         except WorkbenchError as e:
             self.error = e
             self.state = "failed"

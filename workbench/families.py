@@ -104,6 +104,15 @@ def _read_falcon(d: dict) -> tuple[dict, dict]:
     return {}, layer
 
 
+def _read_gemma3(d: dict) -> tuple[dict, dict]:
+    if d.get("use_bidirectional_attention"):
+        raise BlueprintError(
+            "this gemma3_text checkpoint attends bidirectionally (EmbeddingGemma): an encoder of sentence "
+            "embeddings, not a decoder that generates text",
+            hint="import a Gemma 3 text decoder (e.g. gemma-3-1b or gemma-3-270m)")
+    return {}, {}
+
+
 _GEMMA = {"norm_type": "rms", "ff_type": "gated", "norm_offset": 1.0, "scale_embeddings": True}
 
 FAMILIES: dict[str, Family] = {
@@ -165,6 +174,7 @@ FAMILIES: dict[str, Family] = {
             tensor_names={**_GEMMA2_NAMES, "attn_query_norm": "model.layers.{}.self_attn.q_norm",
                           "attn_key_norm": "model.layers.{}.self_attn.k_norm"},
             activation_field="hidden_activation",
+            read=_read_gemma3,
         ),
         Family(
             "phi",
