@@ -253,7 +253,13 @@ def _class_defaults(model_type: str) -> dict[str, Any]:
     from transformers import CONFIG_MAPPING
 
     cls = CONFIG_MAPPING[model_type]
-    out: dict[str, Any] = {"rope_theta": getattr(cls, "default_theta", 10_000.0)}
+    theta = getattr(cls, "default_theta", 10_000.0)
+    out: dict[str, Any] = {}
+    if isinstance(theta, dict):  # per layer type (Gemma 3): global and local (sliding) bases
+        if "local" in theta:
+            out["rope_local_base_freq"] = theta["local"]
+        theta = theta.get("global", theta.get("full_attention", next(iter(theta.values()))))
+    out["rope_theta"] = theta
     if dataclasses.is_dataclass(cls):
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
@@ -317,6 +323,7 @@ def read_hf_config(raw: dict) -> tuple[dict[str, Any], dict[str, Any], dict[int,
         )
     fam = family(model_type)
     d = {**_class_defaults(model_type), **raw}
+    own_model, own_layer = fam.read(d) if fam.read is not None else ({}, {})  # may refuse: first
 
     act_name = d.get(fam.activation_field) or "silu"
     if act_name not in ACTIVATIONS_FROM_HF:
@@ -359,10 +366,8 @@ def read_hf_config(raw: dict) -> tuple[dict[str, Any], dict[str, Any], dict[int,
     }
     for knob, value in fam.knobs.items():
         (model if knob in ("scale_embeddings", "tie_embeddings", "lm_head_bias") else layer)[knob] = value
-    if fam.read is not None:
-        own_model, own_layer = fam.read(d)
-        model.update(own_model)
-        layer.update(own_layer)
+    model.update(own_model)
+    layer.update(own_layer)
 
     overrides: dict[int, dict[str, Any]] = {}
     window = d.get("sliding_window")
