@@ -23,24 +23,73 @@ MIXED = {"default": "dynamic_int8", "attention": {"0": "none", "2": "fp16"}, "fe
 
 @pytest.fixture(scope="session")
 def conversions(samples, tmp_path_factory):
-    """Every conversion the tests read, started together and awaited once."""
+    """Every conversion the tests read: each sample with none and dynamic_int8 through both
+    paths (re-authored and litert-torch's direct export), and a per-layer mix; run three
+    at a time (each child holds ~1.2 GB) and awaited once."""
     out = tmp_path_factory.mktemp("converted")
-    jobs = {}
-    for name in ("llama", "qwen2"):
+    todo = []
+    for name in ("llama", "qwen2", "gemma"):
         m = Mapping.propose(Blueprint.from_hf(samples[name]), samples[name])
         for recipe in ("none", "dynamic_int8"):
-            jobs[(name, recipe)] = convert(m, recipe=recipe, prefill=PREFILL, kv=KV, out=out, threads=1)
+            todo.append(((name, recipe), dict(source=m, recipe=recipe)))
+            todo.append(((name, recipe, "export_hf"), dict(source=m, recipe=recipe, path="export_hf")))
     m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
-    jobs[("llama", "mixed")] = convert(m, recipe=MIXED, prefill=PREFILL, kv=KV, out=out, threads=1)
-    results = {k: j.result(timeout=900) for k, j in jobs.items()}
+    todo.append((("llama", "mixed"), dict(source=m, recipe=MIXED)))
+    results, running = {}, []
+    while todo or running:
+        while todo and len(running) < 3:
+            key, kw = todo.pop(0)
+            running.append((key, convert(kw.pop("source"), prefill=PREFILL, kv=KV, out=out, threads=1, **kw)))
+        key, job = running.pop(0)
+        results[key] = job.result(timeout=900)
     return out, results
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma"])
+def test_direct_export_converts_every_sample_and_is_checked_alike(name, conversions):
+    """litert-torch's export_hf through the same job: its signatures take a mask and lay the
+    V cache out transposed; the same check runs them against transformers."""
+    out, results = conversions
+    f32, q8 = results[(name, "none", "export_hf")], results[(name, "dynamic_int8", "export_hf")]
+    assert f32.check["style"] == "export_hf" and f32.check["vs_reauthored"] is None
+    assert f32.check["max_abs_diff"] <= 1e-4 and f32.check["top1_agreement"] == 1.0
+    assert q8.size_bytes < 0.6 * f32.size_bytes and q8.check["mean_cosine"] > 0.99
+    for r in (f32, q8):
+        assert r.signatures == ["prefill_8", "decode"] and r.path.name.endswith("_export_hf.tflite")
+        m = json.loads(r.manifest_path.read_text())
+        assert m["path"] == "export_hf" and "mask" in m["signatures"]["decode"]["inputs"]
+        assert set(r.to_json()) == set(results[(name, "none")].to_json())
+    assert not _no_partials(out) and not [p for p in out.iterdir() if p.is_dir()]
+
+
+def test_direct_export_refusals(samples, tmp_path):
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    with pytest.raises(ConversionError, match="one recipe for the whole model"):
+        convert(m, recipe=MIXED, kv=64, out=tmp_path, path="export_hf")
+    with pytest.raises(ConversionError, match="unknown conversion path"):
+        convert(m, kv=64, out=tmp_path, path="direct")
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((samples["llama"] / f).read_bytes())
+    with pytest.raises(ConversionError, match="needs the model's tokenizer"):
+        convert(bare, kv=64, out=tmp_path, path="export_hf")
+
+
+def test_cli_convert_path_export_hf_returns_the_same_keys(samples, tmp_path, capsys, conversions):
+    _, results = conversions
+    assert cli.main(["convert", str(samples["qwen2"]), "--path", "export_hf", "--recipe", "none", "--prefill", "8",
+                     "--kv", "32", "--out", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == set(results[("qwen2", "none")].to_json())
+    assert out["check"]["max_abs_diff"] <= 1e-4 and out["path"].endswith("_export_hf.tflite")
 
 
 def _no_partials(folder):
     return [p.name for p in folder.iterdir() if ".partial" in p.name]
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma"])
 def test_float_conversion_matches_transformers(name, conversions):
     _, results = conversions
     r = results[(name, "none")]
@@ -50,7 +99,7 @@ def test_float_conversion_matches_transformers(name, conversions):
     assert r.check["positions"] >= 5 and r.peak_rss_bytes > 100_000_000 and r.seconds > 0
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma"])
 def test_int8_is_smaller_and_still_agrees(name, conversions):
     _, results = conversions
     f32, q8 = results[(name, "none")], results[(name, "dynamic_int8")]

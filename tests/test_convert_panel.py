@@ -68,3 +68,34 @@ def test_quantized_result_shows_the_error_view_and_its_proposal(panel):
     panel.use_proposal_button.click()
     assert panel.recipe.value == PER_LAYER
     assert panel.recipe_spec() == res.quant_error["proposal"]
+
+
+def test_compare_paths_click_shows_both_paths_side_by_side_and_the_project_keeps_it(samples, tmp_path):
+    """Re-authored and litert-torch's direct export, converted with the form's settings,
+    checked and timed: the table and the chart show both, and the project records it."""
+    from workbench.project import Workbench
+    from workbench_widgets import ConvertPanel
+
+    wb = Workbench.new(tmp_path / "p", from_hf=samples["gemma"])
+    wb.save_mapping()
+    panel = ConvertPanel.for_project(wb)
+    panel.recipe.value, panel.kv.value = "dynamic_int8", 32
+    panel.compare_paths()
+    table = panel.wait(600)
+    assert panel.state == "done", panel.card.value
+    assert [r["path"] for r in table.rows] == ["reauthored", "export_hf"]
+    for r in table.rows:
+        assert r["size_bytes"] > 0 and r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0
+        assert r["top1_agreement"] >= 0.5 and r["peak_rss_bytes"] > 100_000_000
+        assert set(r["signatures"]) == {"prefill_8", "decode"}
+    assert "direct export (export_hf)" in panel.paths_html.value and "decode" in panel.paths_html.value
+    assert len(panel.paths_figure.data) == 12  # 6 measures x 2 paths
+    conv = wb.root / "conversions"
+    assert sorted(p.name for p in conv.glob("*.tflite")) == [
+        "gemma_dynamic_int8_kv32.tflite", "gemma_dynamic_int8_kv32_export_hf.tflite"]
+    s = wb.status(detail=True)
+    assert s["steps"]["paths"] == "fresh" and s["conversions"] == {
+        "gemma_dynamic_int8_kv32": "fresh", "gemma_dynamic_int8_kv32_export_hf": "fresh"}
+    wb.close()
+    with Workbench.open(wb.root, readonly=True) as again:
+        assert again.paths_table("dynamic_int8-kv32").rows == table.rows

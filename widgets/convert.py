@@ -80,17 +80,31 @@ class ConvertPanel(W.VBox):
         self.error_table = W.HTML()
         self.use_proposal_button = W.Button(description="Use proposed recipe", icon="magic", disabled=True)
         self.use_proposal_button.on_click(lambda _: self.use_proposal())
+        self.path = W.ToggleButtons(options=[("re-authored", "reauthored"), ("direct export (export_hf)", "export_hf")],
+                                    value="reauthored", description="path", style={"description_width": "80px",
+                                                                                   "button_width": "190px"})
+        self.paths_button = W.Button(description="Compare both paths", icon="columns",
+                                     tooltip="convert both ways with this recipe and lengths, then measure both")
+        self.paths_button.on_click(lambda _: self.compare_paths())
+        self.paths_html = W.HTML()
+        self.paths_figure = go.FigureWidget()
+        self.paths_figure.layout.height = 10
+        self.paths_table = None  # the last PathComparison
+        self._paths_thread: Optional[threading.Thread] = None
         self.children = [
             W.HTML("<h3 style='margin:4px 0'>Convert and quantize</h3>"),
             W.HBox([self.recipe, self.estimate_html]),
             self.per_layer_box,
             W.HBox([self.prefill, self.kv]),
             self.out,
-            W.HBox([self.convert_button, self.cancel_button, self.progress, self.stage_html]),
+            self.path,
+            W.HBox([self.convert_button, self.cancel_button, self.paths_button, self.progress, self.stage_html]),
             self.card,
             self.error_table,
             self.error_figure,
             self.use_proposal_button,
+            self.paths_html,
+            self.paths_figure,
         ]
         self.add_class("ewb-convert")
         self._update_estimate()
@@ -138,7 +152,7 @@ class ConvertPanel(W.VBox):
     # ---- actions ------------------------------------------------------------------
     def convert(self) -> Optional[Job]:
         """Starts the conversion job (returns at once), or shows why it cannot start."""
-        if self.job is not None and not self.job.done:
+        if self._busy():
             self._card("A conversion is already running: cancel it first.", error=True)
             return None
         try:
@@ -146,14 +160,14 @@ class ConvertPanel(W.VBox):
         except ValueError:
             self._card(f"prefill {self.prefill.value!r} is not a list of lengths (e.g. 8,64)", error=True)
             return None
-        self.result, self.error = None, None
+        self.result, self.error, self._paths_thread = None, None, None
         try:
             if self.project is not None:
                 self.job = self.project.convert(recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
-                                                progress=self._on_progress)
+                                                progress=self._on_progress, path=self.path.value)
             else:
                 self.job = convert(self.mapping, recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
-                                   out=self.out.value, progress=self._on_progress)
+                                   out=self.out.value, progress=self._on_progress, path=self.path.value)
         except WorkbenchError as e:
             self.error = e
             self.state = "failed"
@@ -164,6 +178,70 @@ class ConvertPanel(W.VBox):
         self.progress.bar_style, self.progress.value = "info", 0
         self.card.value = ""
         return self.job
+
+    def compare_paths(self) -> Optional[threading.Thread]:
+        """Converts both ways (re-authored, litert-torch's direct export) with the form's recipe
+        and lengths, in the background, then shows the side-by-side table and chart."""
+        from workbench.paths import compare_paths
+
+        if self._busy():
+            self._card("A conversion is already running: cancel it first.", error=True)
+            return None
+        try:
+            prefill = [int(p) for p in self.prefill.value.replace(" ", "").split(",") if p]
+        except ValueError:
+            self._card(f"prefill {self.prefill.value!r} is not a list of lengths (e.g. 8,64)", error=True)
+            return None
+        jobs: list = []
+        kw = dict(recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value, jobs=jobs,
+                  progress=lambda stage, done, total, detail="": self._paths_progress(jobs, stage, done, total, detail))
+
+        def work() -> None:
+            try:
+                if self.project is not None:
+                    table = self.project.compare_paths(**kw)
+                else:
+                    table = compare_paths(self.mapping, out=self.out.value, **kw)
+            except WorkbenchError as e:
+                self.error, self.state = e, ("cancelled" if jobs and jobs[-1].cancelled else "failed")
+                self._card(str(e), error=True)
+            else:
+                self.paths_table = table
+                self._show_paths(table)
+                self.state = "done"
+            finally:
+                self.convert_button.disabled = self.paths_button.disabled = False
+                self.cancel_button.disabled = True
+                self.job = jobs[-1] if jobs else None
+
+        self.state, self.error = "running", None
+        self.convert_button.disabled = self.paths_button.disabled = True
+        self.cancel_button.disabled = False
+        self.card.value = ""
+        self._paths_jobs = jobs
+        self._paths_thread = threading.Thread(target=work, daemon=True)
+        self._paths_thread.start()
+        return self._paths_thread
+
+    def _busy(self) -> bool:
+        return (self.job is not None and not self.job.done) or (
+            self._paths_thread is not None and self._paths_thread.is_alive())
+
+    def _paths_progress(self, jobs: list, stage: str, done: int, total: int, detail: str) -> None:
+        self.progress.max, self.progress.value = total, done
+        st = jobs[-1].status() if jobs else {"elapsed_s": 0, "rss_bytes": 0}
+        self.stage_html.value = (f"<code>{html.escape(stage)}</code> {html.escape(detail[:50])} — "
+                                 f"{st['elapsed_s']:.0f} s, {st['rss_bytes'] / 1e9:.2f} GB")
+
+    def _show_paths(self, table) -> None:
+        fig = table.figure()
+        with self.paths_figure.batch_update():
+            self.paths_figure.data = []
+            self.paths_figure.add_traces(list(fig.data))
+            self.paths_figure.layout = fig.layout
+        self.paths_html.value = "<b>Re-authored vs direct export</b>" + table.table_html()
+        self.progress.value, self.progress.bar_style = self.progress.max, "success"
+        self.stage_html.value = "both paths converted, checked and timed"
 
     def use_proposal(self) -> None:
         """Loads the recipe the last quantization-error analysis proposed into the form."""
@@ -186,11 +264,17 @@ class ConvertPanel(W.VBox):
             d.value = (v.get(i) if isinstance(v, dict) else v) or "(default)"
 
     def cancel(self) -> None:
-        if self.job is not None and not self.job.done:
+        if self._paths_thread is not None and self._paths_thread.is_alive():
+            for job in list(self._paths_jobs):
+                job.cancel()
+        elif self.job is not None and not self.job.done:
             self.job.cancel()
 
     def wait(self, timeout: Optional[float] = None) -> Optional[ConversionResult]:
         """Blocks until the job ends and its card is shown (for scripts, tests, headless runs)."""
+        if self._paths_thread is not None:
+            self._paths_thread.join(timeout)
+            return self.paths_table
         if self.job is None:
             return None
         deadline = None if timeout is None else time.time() + timeout
@@ -241,7 +325,9 @@ class ConvertPanel(W.VBox):
             f"<br>signatures: <code>{', '.join(r.signatures)}</code>"
             f"<br>check, {c['positions']} decoded positions vs transformers: max abs diff "
             f"<b>{c['max_abs_diff']:.3g}</b>, top-1 agreement <b>{c['top1_agreement']:.0%}</b>, mean cosine "
-            f"{c['mean_cosine']:.6f}; vs re-authored PyTorch {c['vs_reauthored']['max_abs_diff']:.3g}"
+            f"{c['mean_cosine']:.6f}"
+            + (f"; vs re-authored PyTorch {c['vs_reauthored']['max_abs_diff']:.3g}" if c.get("vs_reauthored") else
+               " (litert-torch's direct export: no re-authored model)") +
             f"<br>manifest: <a href='{html.escape(str(r.manifest_path))}' target='_blank'>"
             f"{html.escape(r.manifest_path.name)}</a></div>")
         self._show_quant_error(r.quant_error)

@@ -42,7 +42,14 @@ def prompt_ids(hf_dir: str | Path, max_len: int) -> list[int]:
 
 
 class SignatureModel:
-    """A converted decoder's prefill/decode signatures with the KV cache carried along."""
+    """A converted decoder's prefill/decode signatures with the KV cache carried along.
+
+    Two styles are run alike: the re-authoring converter's (`tokens`, `input_pos`, KV
+    caches [1, kv, heads, dim]; causal masking inside) and litert-torch's direct export
+    (`export_hf`: an additive float `mask` [1, 1, T, kv] input, K [1, heads, kv, dim] and V
+    [1, heads, dim, kv]; prefill outputs no logits). The caches are opaque here: zeros,
+    then whatever the last call returned.
+    """
 
     def __init__(self, path: str | Path, threads: int = 2) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -60,12 +67,24 @@ class SignatureModel:
         self.decode_runner = self.interpreter.get_signature_runner("decode")
         self.kv_names = [n for n in self.signatures["decode"]["inputs"] if n.startswith("kv_cache_")]
         details = self.decode_runner.get_input_details()
-        self.kv_len = int(details[self.kv_names[0]]["shape"][1])
+        self.masked = "mask" in details  # export_hf style
+        self.kv_len = int(details["mask"]["shape"][-1] if self.masked else details[self.kv_names[0]]["shape"][1])
+        self.style = "export_hf" if self.masked else "reauthored"
         self.reset()
 
     def reset(self) -> None:
         details = self.decode_runner.get_input_details()
         self.kv = {n: np.zeros(details[n]["shape"], dtype=details[n]["dtype"]) for n in self.kv_names}
+
+    def _mask(self, positions) -> dict:
+        """export_hf's additive mask: row r may attend to cache slots <= positions[r]. Padded
+        prefill rows get a causal row too (an all -inf row would put NaN into the cache)."""
+        if not self.masked:
+            return {}
+        m = np.full((1, 1, len(positions), self.kv_len), -np.inf, dtype=np.float32)
+        for r, p in enumerate(positions):
+            m[0, 0, r, : min(int(p), self.kv_len - 1) + 1] = 0.0
+        return {"mask": m}
 
     def prefill(self, ids: list[int], start: int = 0) -> None:
         n = next((p for p in self.prefills if p >= len(ids)), None)
@@ -74,14 +93,40 @@ class SignatureModel:
         tokens = np.zeros((1, n), dtype=np.int32)
         tokens[0, : len(ids)] = ids
         pos = np.arange(start, start + n, dtype=np.int32)
-        out = self.interpreter.get_signature_runner(f"prefill_{n}")(tokens=tokens, input_pos=pos, **self.kv)
+        out = self.interpreter.get_signature_runner(f"prefill_{n}")(tokens=tokens, input_pos=pos, **self._mask(pos),
+                                                                    **self.kv)
         self.kv = {k: out[k] for k in self.kv_names}
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         out = self.decode_runner(tokens=np.array([[token]], dtype=np.int32), input_pos=np.array([pos], dtype=np.int32),
-                                 **self.kv)
+                                 **self._mask([pos]), **self.kv)
         self.kv = {k: out[k] for k in self.kv_names}
         return out["logits"][0, -1]
+
+    def speed(self, decode_steps: int = 32, repeats: int = 3) -> dict:
+        """Prefill and decode tokens per second on this machine (median of `repeats` runs):
+        the largest prefill signature that leaves room for the decode steps, then greedy
+        decode steps. Resets the cache before and after."""
+        import time
+
+        fit = [p for p in self.prefills if p + decode_steps <= self.kv_len] or [self.prefills[0]]
+        n = fit[-1]
+        steps = max(1, min(decode_steps, self.kv_len - n))
+        ids = [1 + (7 * i) % 100 for i in range(n)]
+        pre, dec = [], []
+        for _ in range(repeats):
+            self.reset()
+            t = time.perf_counter()
+            self.prefill(ids)
+            pre.append(time.perf_counter() - t)
+            tok = 1
+            t = time.perf_counter()
+            for s in range(steps):
+                tok = int(self.decode(tok, n + s).argmax())
+            dec.append(time.perf_counter() - t)
+        self.reset()
+        return {"prefill_tokens": n, "prefill_tok_s": n / sorted(pre)[len(pre) // 2],
+                "decode_steps": steps, "decode_tok_s": steps / sorted(dec)[len(dec) // 2]}
 
 
 def _metrics(a: np.ndarray, b: np.ndarray) -> dict:
@@ -93,7 +138,8 @@ def _metrics(a: np.ndarray, b: np.ndarray) -> dict:
 
 def check_tflite(path: str | Path, model, hf_dir: str | Path, prefill: int, kv: int, steps: int = 6,
                  threads: int = 2) -> dict:
-    """Runs the converted model and compares its decode logits; returns the figures."""
+    """Runs the converted model and compares its decode logits with transformers' and, when
+    `model` (the re-authored PyTorch model) is given, with its; returns the figures."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -107,18 +153,18 @@ def check_tflite(path: str | Path, model, hf_dir: str | Path, prefill: int, kv: 
         for _ in range(steps):
             seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
         ref = hf(torch.tensor([seq])).logits[0].numpy()
-    ours = layers.logits(model, seq, len(seq))[0].numpy()
+    ours = layers.logits(model, seq, len(seq))[0].numpy() if model is not None else None
     start = len(prompt) - 1
     if start > 0:
         tfl.prefill(prompt[:-1])
     positions = list(range(start, len(seq)))
     got = np.stack([tfl.decode(seq[p], p) for p in positions])
     vs_hf = _metrics(got, ref[positions])
-    vs_pt = _metrics(got, ours[positions])
+    vs_pt = _metrics(got, ours[positions]) if ours is not None else None
     return {"positions": len(positions), "prompt_tokens": len(prompt), "max_abs_diff": vs_hf["max_abs_diff"],
             "top1_agreement": vs_hf["top1_agreement"], "mean_cosine": vs_hf["mean_cosine"],
             "vs_transformers": vs_hf, "vs_reauthored": vs_pt, "finite": bool(np.isfinite(got).all()),
-            "signatures": list(tfl.signatures)}
+            "signatures": list(tfl.signatures), "style": tfl.style}
 
 
 def describe_signatures(path: str | Path) -> dict:

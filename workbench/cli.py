@@ -197,10 +197,11 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
             last[0] = line
 
     if wb is not None:
-        job = wb.convert(args.name, recipe=args.recipe, prefill=prefill, kv=args.kv, progress=progress)
+        job = wb.convert(args.name, recipe=args.recipe, prefill=prefill, kv=args.kv, progress=progress,
+                         path=args.path)
     else:
         job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
-                      progress=progress)
+                      progress=progress, path=args.path)
     try:
         res = job.result()
     except KeyboardInterrupt:
@@ -226,6 +227,40 @@ def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
                      f"{'':<12} {', '.join(r['features'])}" for r in rows)
     text += "\n\nnot importable here:\n" + "\n".join(f"{r['model_type']:<12} {r['reason']}" for r in refused)
     return {"families": rows, "unsupported": refused}, text
+
+
+def _prefill(text: str) -> list[int]:
+    try:
+        return [int(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        raise WorkbenchError(f"--prefill {text!r} is not a list of lengths", hint="e.g. --prefill 8,64") from None
+
+
+def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.blueprint import Blueprint
+    from workbench.mapping import Mapping
+    from workbench.paths import COLUMNS, LABELS, compare_paths
+
+    _need_source(args)
+
+    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
+        print(f"[{done + 1}/{total}] {stage}: {detail}", file=sys.stderr, flush=True)
+
+    kw = dict(recipe=args.recipe, prefill=_prefill(args.prefill), kv=args.kv, threads=args.threads,
+              progress=progress)
+    if args.project:
+        table = _project(args, write=True).compare_paths(**kw)
+    else:
+        m = Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
+        table = compare_paths(m, out=args.out, **kw)
+    lines = [f"{'path':<26}" + "".join(f"{label[:14]:>16}" for _, label, _, _ in COLUMNS)]
+    for r in table.rows:
+        cells = []
+        for key, _, unit, scale in COLUMNS:
+            v = r.get(key)
+            cells.append(f"{'-' if v is None else (f'{v:.2g}' if key == 'max_abs_diff' else f'{v / scale:,.2f}'):>16}")
+        lines.append(f"{LABELS[r['path']]:<26}" + "".join(cells))
+    return table.to_json(), "\n".join(lines)
 
 
 def cmd_new(args: argparse.Namespace) -> tuple[dict, str]:
@@ -256,6 +291,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "new": cmd_new,
+    "paths": cmd_paths,
     "status": cmd_status,
     "blueprint": cmd_blueprint,
     "families": cmd_families,
@@ -302,7 +338,19 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="out", help="output folder (default out/)")
     v.add_argument("--name", default=None, help="file name without .tflite (default: model_recipe_kvN)")
     v.add_argument("--mapping", default=None, help="a saved mapping (JSON); default: the proposed one")
+    v.add_argument("--path", choices=("reauthored", "export_hf"), default="reauthored",
+                   help="reauthored (default): our blueprint through litert-torch's generative converter; "
+                        "export_hf: litert-torch's direct Hugging Face export of the same folder")
     v.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    pa = sub.add_parser("paths", help="convert both ways (re-authored, export_hf) and compare them side by side")
+    pa.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (with its tokenizer)")
+    pa.add_argument("--project", default=None, help="a project folder instead of HF_DIR; the table is recorded")
+    pa.add_argument("--recipe", default="dynamic_int8", help="a litert-torch scheme name (default dynamic_int8)")
+    pa.add_argument("--prefill", default="8", help="prefill lengths, comma-separated (default 8)")
+    pa.add_argument("--kv", type=int, default=1024, help="KV cache length (default 1024)")
+    pa.add_argument("--threads", type=int, default=2, help="threads for the speed figures (default 2)")
+    pa.add_argument("--out", default="out", help="output folder (default out/)")
+    pa.add_argument("--json", action="store_true", help="one JSON object on stdout")
     n = sub.add_parser("new", help="create a project folder from a Hugging Face model folder")
     n.add_argument("dir", help="the project folder (new or empty)")
     n.add_argument("--from", dest="from_hf", required=True, help="the Hugging Face model folder")

@@ -31,6 +31,24 @@ from workbench.errors import WorkbenchError
 from workbench.recipe import Recipe
 
 STAGES = ("build", "load weights", "export", "lower", "quantize", "write", "check")
+PATHS = ("reauthored", "export_hf")
+# litert-torch's quantize names -> what litert-torch's direct export (export_hf) takes: an
+# ai-edge-quantizer recipe name, or a recipe of rules (written to a JSON file for it).
+EXPORT_HF_RECIPES: dict[str, Any] = {
+    "none": "none",
+    "dynamic_int8": "dynamic_wi8_afp32",
+    "weight_only_int8": "weight_only_wi8_afp32",
+    "dynamic_int4_block32": "dynamic_wi4b32_afp32",
+    # ai-edge-quantizer has no named recipe for these two: the same rules, written out.
+    "fp16": [{"regex": ".*", "operation": "*", "algorithm_key": "float_casting",
+              "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+                            "compute_precision": "FLOAT", "explicit_dequantize": True, "skip_checks": False}}],
+    "dynamic_int4_block128": [{"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
+                               "op_config": {"weight_tensor_config": {"num_bits": 4, "symmetric": True,
+                                                                      "granularity": "BLOCKWISE_128", "dtype": "INT"},
+                                             "compute_precision": "INTEGER", "explicit_dequantize": False,
+                                             "skip_checks": False, "min_weight_elements": 0}}],
+}
 
 
 class ConversionError(WorkbenchError):
@@ -229,8 +247,13 @@ class Job:
         return "\n".join(self.log.rstrip().splitlines()[-n:])
 
     def _cleanup_partial(self) -> None:
+        import shutil
+
         for key in ("partial", "manifest_partial"):
             Path(self.spec[key]).unlink(missing_ok=True)
+        if self.spec.get("staging"):  # export_hf's working folder
+            shutil.rmtree(self.spec["staging"], ignore_errors=True)
+            Path(self.spec["staging"] + "-recipe.json").unlink(missing_ok=True)
 
     def _finish(self) -> None:
         self._log.flush()
@@ -310,6 +333,21 @@ class Job:
                 f"peak {_gb(s['peak_rss_bytes'])}{', done' if s['done'] else ''})")
 
 
+def _export_hf_recipe(r: Recipe, folder: Path) -> Any:
+    """export_hf's quantization for a recipe, or a clear refusal."""
+    from workbench.check import TOKENIZER_FILES
+
+    if r.name == "mixed":
+        raise ConversionError("litert-torch's direct export takes one recipe for the whole model, not a per-layer "
+                              "mix", hint="use a recipe name with path='export_hf', or the re-authored path for "
+                                          "per-layer recipes")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ConversionError(f"litert-torch's direct export needs the model's tokenizer, and {folder} has none "
+                              f"({', '.join(TOKENIZER_FILES)})", hint="put the tokenizer files beside config.json, "
+                                                                       "or use the re-authored path")
+    return EXPORT_HF_RECIPES[r.name]
+
+
 def _hash(data: Any) -> str:
     import hashlib
 
@@ -319,7 +357,8 @@ def _hash(data: Any) -> str:
 def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", prefill: Sequence[int] = (8,),
             kv: int = 1024, out: Union[str, Path] = "out", name: Optional[str] = None,
             progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6,
-            analyze: Optional[bool] = None, manifest_extra: Optional[dict] = None) -> Job:
+            analyze: Optional[bool] = None, manifest_extra: Optional[dict] = None,
+            path: str = "reauthored") -> Job:
     """Starts a conversion in a child process and returns its Job at once.
 
     `source`: a Mapping (its Blueprint rides along), or a Hugging Face folder (the
@@ -328,6 +367,10 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
     cannot hold, an unknown recipe or a per-layer recipe naming missing layers, an
     output folder that cannot be written. `manifest_extra`: more fields for the
     manifest (a project records what the result was computed from there).
+
+    `path="export_hf"` converts the same Hugging Face folder with litert-torch's direct
+    export instead (no re-authoring; one recipe name for the whole model), in the same job
+    machinery, with the same check and manifest.
     """
     from workbench.blueprint import Blueprint
     from workbench.mapping import Mapping
@@ -341,7 +384,9 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         raise ConversionError(f"cannot convert a {type(source).__name__}",
                               hint="pass a Mapping (blueprint + checkpoint) or a Hugging Face folder")
     bp = mapping.blueprint
-    problems = mapping.problems() + [f"{n}: unused" for n in mapping.unused()]
+    if path not in PATHS:
+        raise ConversionError(f"unknown conversion path {path!r}", hint=f"choose one of {', '.join(PATHS)}")
+    problems = mapping.problems() + [f"{n}: unused" for n in mapping.unused()] if path == "reauthored" else []
     if problems:
         raise ConversionError("the mapping has problems; converting would bake them in:\n"
                               + "\n".join(f"  - {p}" for p in problems[:20]),
@@ -360,6 +405,9 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         raise ConversionError(f"kv {kv} is too small to decode", hint="use kv >= 2")
     r = Recipe.parse(recipe)
     r.validate(bp)
+    export_recipe = None
+    if path == "export_hf":
+        export_recipe = _export_hf_recipe(r, Path(mapping.checkpoint.root))
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -370,7 +418,8 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         raise ConversionError(f"cannot write to the output folder {str(out)!r}: {e.strerror or e}",
                               hint="choose a folder you can write to") from None
     label = r.name if r.name != "mixed" else f"mixed-{_hash(r.to_json())[:6]}"
-    name = name or f"{(bp.name or bp.family).replace('/', '_')}_{label}_kv{kv}"
+    suffix = "_export_hf" if path == "export_hf" else ""
+    name = name or f"{(bp.name or bp.family).replace('/', '_')}_{label}_kv{kv}{suffix}"
     final = out / f"{name}.tflite"
     workdir = Path(tempfile.mkdtemp(prefix=f"ewb-job-{name}-"))
     mapping_path = mapping.save(workdir / "mapping.json")
@@ -388,6 +437,8 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
                     "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
                                 "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},
         "manifest_extra": manifest_extra or {},
+        "path_kind": path, "export_recipe": export_recipe,
+        "staging": str((out / f".{name}.staging.partial-{uuid.uuid4().hex[:8]}").resolve()),
     }
     (workdir / "spec.json").write_text(json.dumps(spec, indent=1))
     return Job(spec, workdir, progress)

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -66,7 +67,98 @@ def _hook_litert_progress() -> None:
     cv2.progress = progress
 
 
+def _export_hf_stage(name: str) -> str | None:
+    """litert-torch's export_hf task names -> our stages."""
+    if name.startswith("Load source model"):
+        return "load weights"
+    if name.startswith(("Write Model", "Export tokenizer")):
+        return "write"
+    if name.startswith("Quantize model"):
+        return "quantize"
+    return _litert_stage(name)
+
+
+class _ExportProgress:
+    """Stands in for litert-torch's progress console during export_hf: its `task`
+    decorators were bound at import, but they look the console up at each call, so
+    every "[START] A > B" line reaches us here."""
+
+    line = re.compile(r"^\((\d+:\d+)\) \[\s*(START|DONE|FAIL|INFO)\] (.*?)(?: \(\+(\d+:\d+)\))?$")
+
+    def print(self, msg, *args, **kwargs) -> None:
+        from rich.text import Text
+
+        plain = Text.from_markup(str(msg)).plain
+        sys.stderr.write(plain + "\n")
+        m = self.line.match(plain)
+        if m and m.group(2) == "START":
+            task = m.group(3).split(" > ")[-1]
+            stage = _export_hf_stage(task)
+            if stage:
+                emit("stage", stage=stage, detail=task)
+
+    def __getattr__(self, name):  # anything else rich's Console offers: do nothing
+        return lambda *a, **k: None
+
+
+def run_export_hf(spec: dict) -> dict:
+    """litert-torch's direct Hugging Face export, into a staging folder we own; the
+    chosen file moves to the partial name and is checked like ours."""
+    import shutil
+
+    from workbench._quiet import import_stack, quiet
+
+    emit("stage", stage="build", detail="importing litert-torch's export_hf")
+    import_stack()
+    from litert_torch import progress
+
+    with quiet():
+        from litert_torch.generative.export_hf import export
+    progress.console = _ExportProgress()
+    from workbench import check as checks
+
+    import torch
+
+    torch.set_num_threads(max(1, int(spec.get("threads", os.cpu_count() or 1))))
+    folder = spec["checkpoint"]
+    stage_dir = Path(spec["staging"])  # beside the output, named as a partial: never mistaken for a result
+    stage_dir.mkdir()
+    try:
+        recipe = spec["export_recipe"]
+        if isinstance(recipe, list):  # a recipe of rules: export_hf reads it from a .json path
+            rules = stage_dir.parent / f"{stage_dir.name}-recipe.json"
+            rules.write_text(json.dumps(recipe))
+            recipe = str(rules)
+        out_dir = stage_dir / "out"
+        out_dir.mkdir()
+        if os.environ.get("EWB_TEST_DISK_FULL"):
+            emit("stage", stage="write", detail="model.tflite")
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(out_dir))
+        export.export(model=folder, output_dir=str(out_dir), prefill_lengths=list(spec["prefill"]),
+                      cache_length=spec["kv"], quantization_recipe=recipe, bundle_litert_lm=False,
+                      keep_temporary_files=True)
+        made = out_dir / ("model.tflite" if spec["export_recipe"] == "none" else "model_quantized.tflite")
+        if not made.is_file():
+            raise RuntimeError(f"litert-torch's export_hf finished without writing {made.name}")
+        emit("stage", stage="write", detail=Path(spec["path"]).name)
+        shutil.move(str(made), spec["partial"])
+        os.chmod(spec["partial"], 0o644)  # export_hf writes it executable
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        Path(f"{stage_dir}-recipe.json").unlink(missing_ok=True)
+    partial = Path(spec["partial"])
+    emit("stage", stage="check", detail="ai-edge-litert: prefill then decode, against transformers")
+    if spec.get("check_steps", 6) > 0:
+        result = checks.check_tflite(partial, None, folder, prefill=min(spec["prefill"]), kv=spec["kv"],
+                                     steps=spec["check_steps"])
+    else:
+        result = {"skipped": True}
+    return {"check": result, "quant_error": None, "signatures": checks.describe_signatures(partial)}
+
+
 def run(spec: dict) -> dict:
+    if spec.get("path_kind") == "export_hf":
+        return run_export_hf(spec)
     from workbench._quiet import import_stack
 
     emit("stage", stage="build", detail="importing litert-torch")

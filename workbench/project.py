@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 PROJECT_FILE = "workbench.json"
 LOCK_FILE = ".workbench.lock"
 KIND = "edge-workbench/project"
-STEPS = ("blueprint", "mapping", "comparisons", "conversions")
+STEPS = ("blueprint", "mapping", "comparisons", "conversions", "paths")
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
 # The lock and what a killed process may leave are never part of a project's history.
 GITIGNORE = f"{LOCK_FILE}\n.*.tmp-*\n.*.partial-*\n"
@@ -193,6 +193,7 @@ class Workbench:
         self._mapping_fp: Optional[str] = None  # the blueprint fingerprint the cached mapping was built on
         self._mapping_data: Optional[dict] = None
         self.comparisons: dict[str, dict] = {}
+        self.paths: dict[str, dict] = {}  # re-authored vs direct export tables
         self.problems: list[str] = []  # what could not be read, each naming the file
 
     # ---- opening ----------------------------------------------------------------
@@ -309,11 +310,12 @@ class Workbench:
                 self._mapping_data = read_json(mp, "the mapping")
             except ProjectError as e:
                 self.problems.append(f"mapping.json: {e.message}")
-        for f in sorted((self.root / "comparisons").glob("*.json")):
-            try:
-                self.comparisons[f.stem] = read_json(f, f"comparison {f.stem}")
-            except ProjectError as e:
-                self.problems.append(f"comparisons/{f.name}: {e.message}")
+        for kind, store in (("comparisons", self.comparisons), ("paths", self.paths)):
+            for f in sorted((self.root / kind).glob("*.json")):
+                try:
+                    store[f.stem] = read_json(f, f"{kind[:-1]} {f.stem}")
+                except ProjectError as e:
+                    self.problems.append(f"{kind}/{f.name}: {e.message}")
 
     @property
     def conversions(self) -> dict[str, dict]:
@@ -459,9 +461,12 @@ class Workbench:
         newest_conv = max(convs, key=lambda n: self._manifest_time(n), default=None)
         steps["comparisons"] = comps[newest_comp] if newest_comp else MISSING
         steps["conversions"] = convs[newest_conv] if newest_conv else MISSING
+        paths = {n: self._result_state(t.get("inputs", {}), cur) for n, t in self.paths.items()}
+        newest_paths = max(paths, key=lambda n: self.paths[n].get("created", ""), default=None)
+        steps["paths"] = paths[newest_paths] if newest_paths else MISSING
         if not detail:
             return steps
-        return {"steps": steps, "comparisons": comps, "conversions": convs, "why": why,
+        return {"steps": steps, "comparisons": comps, "conversions": convs, "paths": paths, "why": why,
                 "problems": list(self.problems), "readonly": self.readonly, "notice": self.notice,
                 "leftovers": [str(p.relative_to(self.root)) for p in self.leftovers()]}
 
@@ -475,7 +480,7 @@ class Workbench:
         """Half-written files a killed process left (never read as results)."""
         pats = (".*.tmp-*", ".*.partial-*")
         out: list[Path] = []
-        for sub in (self.root, self.root / "comparisons", self.root / "conversions"):
+        for sub in (self.root, self.root / "comparisons", self.root / "conversions", self.root / "paths"):
             for pat in pats:
                 out += sorted(sub.glob(pat))
         return out
@@ -484,7 +489,10 @@ class Workbench:
         self._writable()
         gone = []
         for p in self.leftovers():
-            p.unlink(missing_ok=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             gone.append(p.name)
         return gone
 
@@ -538,6 +546,31 @@ class Workbench:
         inputs = {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint()}
         return convert(m, out=self.root / "conversions", name=name, manifest_extra={"inputs": inputs}, **kwargs)
 
+    def compare_paths(self, name: Optional[str] = None, *, allow_stale: bool = False, **kwargs):
+        """Converts the project's model both ways (re-authored, litert-torch's direct export)
+        into conversions/ and records the side-by-side table in paths/NAME.json."""
+        from workbench.paths import compare_paths
+
+        self._writable()
+        m = self._require_fresh_mapping(allow_stale)
+        inputs = {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint()}
+        table = compare_paths(m, out=self.root / "conversions", manifest_extra={"inputs": inputs}, **kwargs)
+        recipe = table.recipe if isinstance(table.recipe, str) else "mixed"
+        name = _name_ok(name or f"{recipe}-kv{table.kv}")
+        record = {"kind": "edge-workbench/paths", "schema": 1, "created": _now(), "inputs": inputs,
+                  "result": table.to_json()}
+        atomic_write_json(self.root / "paths" / f"{name}.json", record)
+        self.paths[name] = record
+        return table
+
+    def paths_table(self, name: str):
+        """A recorded re-authored vs direct-export table (nothing recomputed)."""
+        from workbench.paths import PathComparison
+
+        if name not in self.paths:
+            raise ProjectError(f"no paths table named {name!r}", hint=f"recorded: {', '.join(self.paths) or 'none'}")
+        return PathComparison.from_json(self.paths[name]["result"])
+
     def conversion_path(self, name: str, allow_stale: bool = False) -> Path:
         """The .tflite of a recorded conversion; refuses a stale or damaged one."""
         conversions = self.conversions
@@ -567,7 +600,7 @@ class Workbench:
         for step, state in d["steps"].items():
             rows.append(f"<tr><td><b>{step}</b></td><td style='color:{color[state]}'>{state}</td>"
                         f"<td>{html.escape(str(d['why'].get(step, '')))}</td></tr>")
-            for name, st in d.get(step, {}).items() if step in ("comparisons", "conversions") else ():
+            for name, st in d.get(step, {}).items() if step in ("comparisons", "conversions", "paths") else ():
                 why = d["why"].get(f"{step}/{name}", "")
                 rows.append(f"<tr><td>&nbsp;&nbsp;{html.escape(name)}</td><td style='color:{color[st]}'>{st}</td>"
                             f"<td>{html.escape(why)}</td></tr>")
