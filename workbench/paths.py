@@ -47,7 +47,8 @@ class PathComparison:
     def table_html(self) -> str:
         import html
 
-        head = "".join(f"<th>{html.escape(label)}{f' ({unit})' if unit else ''}</th>" for _, label, unit, _ in COLUMNS)
+        head = "".join(f"<th style='padding:2px 8px'>{html.escape(label)}{f' ({unit})' if unit else ''}</th>"
+                       for _, label, unit, _ in COLUMNS)
         body = []
         for r in self.rows:
             cells = []
@@ -61,7 +62,8 @@ class PathComparison:
                     cells.append(f"<td>{v:.2g}</td>")
                 else:
                     cells.append(f"<td>{v / scale:,.{2 if scale > 1 else 1}f}</td>")
-            body.append(f"<tr><td><b>{html.escape(LABELS[r['path']])}</b></td>{''.join(cells)}</tr>")
+            body.append(f"<tr><td style='white-space:nowrap'><b>{html.escape(LABELS[r['path']])}</b></td>"
+                        f"{''.join(cells)}</tr>")
         return (f"<table class='ewb-paths'><tr><th>path</th>{head}</tr>{''.join(body)}</table>"
                 f"<div style='color:#777'>recipe {html.escape(str(self.recipe))}, prefill {self.prefill}, kv {self.kv}, "
                 f"{self.threads} threads; each conversion alone on this machine</div>")
@@ -90,6 +92,7 @@ class PathComparison:
                           title=f"Re-authored vs direct export — {self.recipe}, kv {self.kv}",
                           legend=dict(orientation="h", y=-0.15), font=dict(size=10))
         fig.update_annotations(font_size=10)
+        fig.update_xaxes(showticklabels=False)  # the legend names the two bars
         return fig
 
 
