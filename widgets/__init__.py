@@ -8,5 +8,6 @@ from workbench_widgets.builder import BuilderPanel
 from workbench_widgets.compare import ComparePanel
 from workbench_widgets.convert import ConvertPanel
 from workbench_widgets.mapping import MappingPanel
+from workbench_widgets.run import RunPanel
 
-__all__ = ["BuilderPanel", "ComparePanel", "ConvertPanel", "MappingPanel"]
+__all__ = ["BuilderPanel", "ComparePanel", "ConvertPanel", "MappingPanel", "RunPanel"]

@@ -263,6 +263,47 @@ def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
     return table.to_json(), "\n".join(lines)
 
 
+def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.runner import Runner
+
+    if args.project:
+        if args.model:
+            raise WorkbenchError(f"give either MODEL ({args.model}) or --project, not both",
+                                 hint="with --project, --conversion NAME picks one of its conversions")
+        wb = _open_for(args, write=False)
+        model = wb.conversion_path(args.conversion or wb.latest_conversion())
+        tokenizer = args.tokenizer or wb.checkpoint_path()
+    else:
+        if not args.model:
+            raise WorkbenchError("no model given", hint="give a .tflite (MODEL) or --project DIR")
+        model, tokenizer = args.model, args.tokenizer
+    r = Runner(model, tokenizer=tokenizer, threads=args.threads)
+    kw = dict(max_new_tokens=args.max_new, sampling=args.sampling, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, seed=args.seed, chat=args.chat)
+    if args.json:
+        g = r.generate(args.prompt, **kw)
+    else:  # stream as it comes
+        print(args.prompt, end="", flush=True)
+        g = r.generate(args.prompt, on_text=lambda piece: print(piece, end="", flush=True), **kw)
+        print(flush=True)
+    out = {**g.to_json(), "model": str(model)}
+    text = (f"[{len(g.ids)} tokens, {g.stop_reason}; time to first token {g.ttft_s * 1000:.1f} ms, "
+            f"prefill {g.prefill_tok_s:,.0f} tok/s, decode {g.decode_tok_s:,.1f} tok/s, "
+            f"peak {g.peak_rss_bytes / 1e9:.2f} GB]")
+    if not args.json:
+        print(text, file=sys.stderr)
+        return out, ""
+    return out, text
+
+
+def _open_for(args: argparse.Namespace, write: bool):
+    from workbench.project import Workbench
+
+    wb = Workbench.open(args.project, readonly=False if write else True)
+    args._projects.append(wb)
+    return wb
+
+
 def cmd_new(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.project import Workbench
 
@@ -291,6 +332,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "new": cmd_new,
+    "run": cmd_run,
     "paths": cmd_paths,
     "status": cmd_status,
     "blueprint": cmd_blueprint,
@@ -342,6 +384,22 @@ def parser() -> argparse.ArgumentParser:
                    help="reauthored (default): our blueprint through litert-torch's generative converter; "
                         "export_hf: litert-torch's direct Hugging Face export of the same folder")
     v.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    r = sub.add_parser("run", help="generate text with a converted model (streamed), with its speed")
+    r.add_argument("model", nargs="?", help="a converted .tflite")
+    r.add_argument("--tokenizer", default=None, help="the Hugging Face folder holding the tokenizer")
+    r.add_argument("--project", default=None, help="a project: its newest fresh conversion and its checkpoint's "
+                                                   "tokenizer")
+    r.add_argument("--conversion", default=None, help="with --project: the conversion's name")
+    r.add_argument("--prompt", required=True, help="the prompt text")
+    r.add_argument("--max-new", type=int, default=64, help="new tokens at most (default 64)")
+    r.add_argument("--sampling", choices=("greedy", "top_k", "top_p"), default="greedy")
+    r.add_argument("--temperature", type=float, default=1.0)
+    r.add_argument("--top-k", type=int, default=40)
+    r.add_argument("--top-p", type=float, default=0.9)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--threads", type=int, default=2, help="XNNPACK threads (default 2)")
+    r.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    r.add_argument("--json", action="store_true", help="one JSON object on stdout")
     pa = sub.add_parser("paths", help="convert both ways (re-authored, export_hf) and compare them side by side")
     pa.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (with its tokenizer)")
     pa.add_argument("--project", default=None, help="a project folder instead of HF_DIR; the table is recorded")
@@ -403,7 +461,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.json:
             emit(out)
-        else:
+        elif text:
             print(text, flush=True)
     except BrokenPipeError:  # e.g. piped into `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

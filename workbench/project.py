@@ -571,6 +571,16 @@ class Workbench:
             raise ProjectError(f"no paths table named {name!r}", hint=f"recorded: {', '.join(self.paths) or 'none'}")
         return PathComparison.from_json(self.paths[name]["result"])
 
+    def latest_conversion(self) -> str:
+        """The newest fresh conversion's name (what `run` and `bundle` take by default)."""
+        states = self.status(detail=True)["conversions"]
+        fresh = [n for n, st in states.items() if st == FRESH]
+        if not fresh:
+            raise ProjectError("the project has no fresh conversion" + (
+                f" (stale or damaged: {', '.join(states)})" if states else ""),
+                hint="convert first: wb.convert(...) or `edge-workbench convert --project DIR`")
+        return max(fresh, key=self._manifest_time)
+
     def conversion_path(self, name: str, allow_stale: bool = False) -> Path:
         """The .tflite of a recorded conversion; refuses a stale or damaged one."""
         conversions = self.conversions

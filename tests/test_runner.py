@@ -1,0 +1,161 @@
+"""Running converted models: greedy text equal to PyTorch's and transformers' on fp32, both
+signature styles, chunked prompts, sampling, stops, bad inputs, the Run panel and the CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from workbench import cli
+from workbench.runner import Runner, RunnerError
+
+LONG = "Once upon a time, a small robot lived"  # 20 tokens: three prefill_8 chunks
+
+
+@pytest.fixture(scope="session")
+def converted(llama_project, tmp_path_factory):
+    """The llama sample in fp32 both ways: the project's re-authored file (kv 32) and a
+    direct export (kv 64)."""
+    from workbench.convert import convert
+
+    out = tmp_path_factory.mktemp("runner")
+    direct = convert(llama_project / "checkpoint", recipe="none", prefill=[8], kv=64, out=out, path="export_hf",
+                     check_steps=0).result()
+    return {"reauthored": llama_project / "conversions" / "fp32.tflite", "export_hf": direct.path,
+            "hf": llama_project / "checkpoint"}
+
+
+@pytest.fixture(scope="session")
+def reauthored_model(converted):
+    from workbench import Blueprint
+    from workbench.mapping import Mapping
+
+    return Mapping.propose(Blueprint.from_hf(converted["hf"]), converted["hf"]).load()
+
+
+@pytest.mark.parametrize("style", ["reauthored", "export_hf"])
+def test_greedy_text_matches_pytorch_and_transformers(style, converted, reauthored_model):
+    r = Runner(converted[style], tokenizer=converted["hf"])
+    assert r.model.style == style
+    side = r.side_by_side("Once upon a time", converted["hf"], max_new_tokens=12, model=reauthored_model)
+    assert side["first_diff"] == {"converted": None, "reauthored": None}, side
+    assert len(side["ids"]["converted"]) == 12 and side["text"]["converted"] == side["text"]["transformers"]
+    g = r.last
+    assert g.stop_reason == "max_new_tokens" and g.ttft_s > 0 and g.decode_tok_s > 0 and g.prefill_tok_s > 0
+    assert g.peak_rss_bytes > 50_000_000 and g.text == r.decode_text(g.ids)
+
+
+@pytest.mark.parametrize("style", ["reauthored", "export_hf"])
+def test_a_prompt_longer_than_the_largest_prefill_is_chunked(style, converted, reauthored_model):
+    r = Runner(converted[style], tokenizer=converted["hf"])
+    n = len(r.encode(LONG))
+    assert n > 2 * r.model.prefills[-1] and n + 4 <= r.model.kv_len
+    side = r.side_by_side(LONG, converted["hf"], max_new_tokens=4, model=reauthored_model)
+    assert side["first_diff"]["converted"] is None, side
+
+
+def test_streamed_pieces_make_the_text(converted):
+    """Pieces end at spaces and never split a character, so they join to the decoded text
+    (checked on natural text: a random model's byte soup is not prefix-stable)."""
+    from workbench.runner import _Detokenizer
+
+    r = Runner(converted["reauthored"], tokenizer=converted["hf"])
+    for text in ("Once upon a time, a small robot lived in a quiet town.", "naïve café — 東京 🙂 done\nnext line"):
+        ids = r.encode(text)[1:]  # without BOS
+        d = _Detokenizer(r.decode_text)
+        pieces = [d.add(ids[: i + 1]) for i in range(len(ids))]
+        pieces.append(d.flush(r.decode_text(ids)))
+        assert "".join(pieces) == r.decode_text(ids)
+        assert all("\ufffd" not in p for p in pieces) and sum(1 for p in pieces if p) > 3
+    list(r.stream("Once upon a time", max_new_tokens=10))
+    assert len(r.last.ids) == 10
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(converted):
+    r = Runner(converted["reauthored"], tokenizer=converted["hf"])
+    greedy = r.generate("Once upon a time", 8).ids
+    a = r.generate("Once upon a time", 8, sampling="top_p", top_p=0.95, temperature=1.5, seed=3).ids
+    b = r.generate("Once upon a time", 8, sampling="top_p", top_p=0.95, temperature=1.5, seed=3).ids
+    c = r.generate("Once upon a time", 8, sampling="top_p", top_p=0.95, temperature=1.5, seed=4).ids
+    assert a == b and a != c
+    assert r.generate("Once upon a time", 8, sampling="top_k", top_k=1, seed=9).ids == greedy
+
+
+def test_generation_stops_at_eos_and_on_request(converted):
+    r = Runner(converted["reauthored"], tokenizer=converted["hf"])
+    first = r.generate("Once upon a time", 3).ids
+    r.eos = {first[1]}
+    g = r.generate("Once upon a time", 8)
+    assert g.stop_reason == "eos" and g.ids == first[:1]
+    r.eos = set()
+    seen = []
+    for piece in r.stream("Once upon a time", max_new_tokens=20):
+        seen.append(piece)
+        if len(seen) == 2:
+            threading.Thread(target=r.stop).start()
+    assert r.last.stop_reason == "stopped" and len(r.last.ids) < 20
+
+
+def test_bad_inputs_are_named(converted, tmp_path, samples):
+    bogus = tmp_path / "not-a-model.tflite"
+    bogus.write_bytes(b"\0" * 64)
+    with pytest.raises(RunnerError, match="not a LiteRT model"):
+        Runner(bogus)
+    with pytest.raises(RunnerError, match="no model file"):
+        Runner(tmp_path / "missing.tflite")
+    # a tokenizer with more tokens than the model's vocabulary
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(samples["qwen2"])
+    tok.add_tokens([f"<extra_{i}>" for i in range(9)])
+    tok.save_pretrained(tmp_path / "big-tokenizer")
+    with pytest.raises(RunnerError, match="521 tokens but the model's vocabulary is 512"):
+        Runner(converted["reauthored"], tokenizer=tmp_path / "big-tokenizer")
+    r = Runner(converted["reauthored"], tokenizer=converted["hf"])  # kv 32
+    with pytest.raises(RunnerError, match="KV cache holds 32"):
+        r.generate(LONG + LONG, 4)
+    with pytest.raises(RunnerError, match="exceed the model's KV cache of 32") as e:
+        r.generate("Once upon a time", 40)
+    assert "at most" in e.value.hint
+    with pytest.raises(RunnerError, match="unknown sampling"):
+        r.generate("Once", 4, sampling="beam")
+    with pytest.raises(RunnerError, match="no chat template"):
+        r.generate("Once", 4, chat=True)
+
+
+def test_run_panel_streams_and_compares(converted, reauthored_model):
+    from workbench_widgets import RunPanel
+
+    panel = RunPanel(Runner(converted["export_hf"], tokenizer=converted["hf"]), hf_dir=converted["hf"],
+                     model=reauthored_model)
+    assert panel.temperature.disabled and panel.top_p.disabled  # greedy
+    panel.sampling.value = "top_p"
+    assert not panel.top_p.disabled and panel.top_k.disabled and not panel.temperature.disabled
+    panel.sampling.value = "greedy"
+    panel.max_new.value = 10
+    panel.generate_button.click()
+    g = panel.wait(60)
+    assert panel.state == "done" and g is not None and len(g.ids) == 10
+    assert panel.text == g.text and "decode" in panel.speed.value and "Once upon a time" in panel.output.value
+    panel.side_button.click()
+    assert "same tokens" in panel.side_html.value and "transformers" in panel.side_html.value
+    panel.max_new.value = 64  # prompt + 64 > kv 64: an error in the panel, the kernel fine
+    panel.generate()
+    panel.wait(60)
+    assert panel.state == "failed" and "KV cache" in panel.output.value
+
+
+def test_cli_run_json_and_project(converted, llama_project, capsys):
+    args = ["run", str(converted["reauthored"]), "--tokenizer", str(converted["hf"]), "--prompt", "Once upon a time",
+            "--max-new", "6", "--json"]
+    assert cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"text", "prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_bytes"} <= set(out) and len(out["ids"]) == 6
+    assert cli.main(["run", "--project", str(llama_project), "--prompt", "Once upon a time", "--max-new", "6",
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"] == out["ids"]
+    assert cli.main(["run", str(converted["reauthored"]), "--tokenizer", str(converted["hf"]), "--prompt", "Once",
+                     "--max-new", "100", "--json"]) == cli.EXIT_ERROR
+    assert "KV cache" in json.loads(capsys.readouterr().out)["error"]

@@ -1,0 +1,160 @@
+"""The Run panel: a prompt, sampling settings, Generate (streaming) and Stop, the speed
+figures, and the same prompt through transformers (and the re-authored model) beside it.
+
+    panel = RunPanel(Runner("out/model.tflite", tokenizer="sample_models/llama-tiny"),
+                     hf_dir="sample_models/llama-tiny")
+    panel.generate(); panel.wait()
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any, Optional
+
+import ipywidgets as W
+import traitlets
+
+from workbench import WorkbenchError
+from workbench.runner import SAMPLING, Generation, Runner
+
+
+class RunPanel(W.VBox):
+    """Generate with a converted model; nothing here blocks the kernel."""
+
+    state = traitlets.Unicode("idle", help="idle | running | done | failed")
+    text = traitlets.Unicode("", help="the continuation generated so far")
+
+    def __init__(self, runner: Runner, hf_dir=None, model=None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runner, self.hf_dir, self.model = runner, hf_dir, model
+        self.generation: Optional[Generation] = None
+        self.error: Optional[WorkbenchError] = None
+        self.side: Optional[dict] = None
+        small = {"description_width": "90px"}
+        self.prompt = W.Textarea(value="Once upon a time", description="prompt", style=small,
+                                 layout=W.Layout(width="620px", height="60px"))
+        self.sampling = W.Dropdown(options=SAMPLING, value="greedy", description="sampling", style=small,
+                                   layout=W.Layout(width="220px"))
+        self.temperature = W.BoundedFloatText(value=0.8, min=0.01, max=5, step=0.05, description="temperature",
+                                              style=small, layout=W.Layout(width="180px"))
+        self.top_k = W.BoundedIntText(value=40, min=1, max=100000, description="top_k", style=small,
+                                      layout=W.Layout(width="160px"))
+        self.top_p = W.BoundedFloatText(value=0.9, min=0.01, max=1, step=0.05, description="top_p", style=small,
+                                        layout=W.Layout(width="160px"))
+        self.seed = W.IntText(value=0, description="seed", style=small, layout=W.Layout(width="160px"))
+        self.max_new = W.BoundedIntText(value=min(64, runner.model.kv_len - 8), min=1, max=runner.model.kv_len,
+                                        description="new tokens", style=small, layout=W.Layout(width="180px"))
+        self.chat = W.Checkbox(value=False, description="chat template", indent=False,
+                               disabled=not getattr(runner.tokenizer, "chat_template", None))
+        self.sampling.observe(lambda _: self._sync(), names="value")
+        self.generate_button = W.Button(description="Generate", icon="play", button_style="primary")
+        self.generate_button.on_click(lambda _: self.generate())
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
+        self.stop_button.on_click(lambda _: self.runner.stop())
+        self.side_button = W.Button(description="Side by side", icon="columns", disabled=hf_dir is None,
+                                    tooltip="the same prompt, greedy, through transformers (and the re-authored model)")
+        self.side_button.on_click(lambda _: self.compare())
+        self.output = W.HTML(layout=W.Layout(width="620px"))
+        self.speed = W.HTML()
+        self.side_html = W.HTML()
+        self._thread: Optional[threading.Thread] = None
+        self.children = [
+            W.HTML(f"<h3 style='margin:4px 0'>Run {html.escape(runner.path.name)}</h3>"
+                   f"<span style='color:#777'>{runner.model.style} signatures, prefill {runner.model.prefills}, "
+                   f"kv {runner.model.kv_len}, {runner.threads} threads</span>"),
+            self.prompt,
+            W.HBox([self.sampling, self.temperature, self.top_k, self.top_p]),
+            W.HBox([self.seed, self.max_new, self.chat]),
+            W.HBox([self.generate_button, self.stop_button, self.side_button]),
+            self.output, self.speed, self.side_html,
+        ]
+        self.add_class("ewb-run")
+        self._sync()
+
+    def _sync(self) -> None:
+        s = self.sampling.value
+        self.temperature.disabled = self.seed.disabled = s == "greedy"
+        self.top_k.disabled = s != "top_k"
+        self.top_p.disabled = s != "top_p"
+
+    # ---- actions ------------------------------------------------------------------
+    def generate(self) -> Optional[threading.Thread]:
+        """Starts generating in the background; the text streams into the panel."""
+        if self._thread is not None and self._thread.is_alive():
+            return None
+        self.text, self.error, self.generation = "", None, None
+        self.state = "running"
+        self.generate_button.disabled, self.stop_button.disabled = True, False
+        self.speed.value = ""
+        kwargs = dict(max_new_tokens=self.max_new.value, sampling=self.sampling.value,
+                      temperature=self.temperature.value, top_k=self.top_k.value, top_p=self.top_p.value,
+                      seed=self.seed.value, chat=self.chat.value)
+        prompt = self.prompt.value
+        self._show(prompt)
+
+        def work() -> None:
+            try:
+                for piece in self.runner.stream(prompt, **kwargs):
+                    self.text += piece
+                    self._show(prompt)
+                self.generation = self.runner.last
+                self._show_speed(self.generation)
+                self.state = "done"
+            except WorkbenchError as e:
+                self.error, self.state = e, "failed"
+                self.output.value = (f"<div class='ewb-error' style='color:#c62828;white-space:pre-wrap'>"
+                                     f"{html.escape(str(e))}</div>")
+            finally:
+                self.generate_button.disabled, self.stop_button.disabled = False, True
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[Generation]:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.generation
+
+    def compare(self) -> Optional[dict]:
+        """The same prompt, greedy, through transformers (and the re-authored model)."""
+        try:
+            self.side = self.runner.side_by_side(self.prompt.value, self.hf_dir, self.max_new.value, model=self.model,
+                                                 chat=self.chat.value)
+        except WorkbenchError as e:
+            self.side_html.value = f"<div class='ewb-error' style='color:#c62828'>{html.escape(str(e))}</div>"
+            return None
+        rows = []
+        ref = self.side["ids"]["transformers"]
+        for name, ids in self.side["ids"].items():
+            first = self.side["first_diff"].get(name)
+            verdict = ("reference" if name == "transformers" else
+                       "same tokens" if first is None else f"differs from token #{first}")
+            rows.append(f"<tr><td><b>{name}</b></td><td>{self._marked(ids, ref, first)}</td>"
+                        f"<td style='white-space:nowrap'>{verdict}</td></tr>")
+        self.side_html.value = ("<table class='ewb-side-by-side'><tr><th>model</th><th>greedy continuation</th>"
+                                "<th></th></tr>" + "".join(rows) + "</table>")
+        return self.side
+
+    # ---- rendering ----------------------------------------------------------------
+    def _show(self, prompt: str) -> None:
+        self.output.value = (f"<div class='ewb-run-output' style='white-space:pre-wrap;border:1px solid #ddd;"
+                             f"padding:6px;font-family:monospace'><span style='color:#777'>{html.escape(prompt)}"
+                             f"</span>{html.escape(self.text)}</div>")
+
+    def _show_speed(self, g: Generation) -> None:
+        self.speed.value = (f"<div class='ewb-run-speed'>{len(g.ids)} tokens, stopped by <b>{g.stop_reason}</b> — "
+                            f"time to first token <b>{g.ttft_s * 1000:.1f} ms</b>, prefill "
+                            f"<b>{g.prefill_tok_s:,.0f}</b> tok/s, decode <b>{g.decode_tok_s:,.1f}</b> tok/s, "
+                            f"peak memory {g.peak_rss_bytes / 1e9:.2f} GB</div>")
+
+    def _marked(self, ids: list[int], ref: list[int], first: Optional[int]) -> str:
+        """The text, the first differing token on a red background."""
+        if first is None or first >= len(ids):
+            return html.escape(self.runner.decode_text(ids))
+        head = self.runner.decode_text(ids[:first])
+        tok = self.runner.decode_text(ids[: first + 1])[len(head):]
+        rest = self.runner.decode_text(ids)[len(head) + len(tok):]
+        return (f"{html.escape(head)}<span style='background:#ffcdd2'>{html.escape(tok) or '·'}</span>"
+                f"{html.escape(rest)}")

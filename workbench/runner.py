@@ -1,0 +1,326 @@
+"""Run a converted model: tokenize, prefill, decode with the KV cache, sample, stream text.
+
+    r = Runner("out/llama_dynamic_int8_kv1024.tflite", tokenizer="sample_models/llama-tiny", threads=2)
+    for piece in r.stream("Once upon a time", max_new_tokens=64):
+        print(piece, end="")
+    r.last                   # the Generation: ids, text, stop reason, ttft_s, prefill/decode tok/s, peak RSS
+    r.generate("Once upon a time", sampling="top_p", top_p=0.9, temperature=0.8, seed=1)
+
+Both signature styles run (the re-authoring converter's, and litert-torch's direct export
+with its `mask` input): `workbench.check.SignatureModel` drives them. A prompt longer than
+the largest `prefill_N` is prefilled in chunks; its last token goes through `decode`, whose
+logits give the first new token (prefill signatures output no logits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+
+SAMPLING = ("greedy", "top_k", "top_p")
+
+
+class RunnerError(WorkbenchError):
+    """A model, tokenizer, prompt or setting the runner cannot use."""
+
+
+@dataclasses.dataclass
+class Generation:
+    """One generation: what went in, what came out, and how fast."""
+
+    prompt: str
+    prompt_ids: list[int]
+    ids: list[int]  # the generated ids (EOS not included)
+    text: str  # the continuation, without the prompt
+    stop_reason: str  # eos | max_new_tokens | stopped | kv_full
+    ttft_s: float  # time to first token: prefill of the prompt + its first decode
+    prefill_tok_s: float  # prompt tokens / ttft
+    decode_tok_s: float  # generated tokens after the first / their decode time
+    peak_rss_bytes: int  # this process, sampled at every step
+    sampling: dict
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class Runner:
+    """A converted .tflite with its tokenizer, ready to generate."""
+
+    def __init__(self, model_path: str | Path, tokenizer: str | Path | None = None, threads: int = 2) -> None:
+        from workbench.check import SignatureModel, load_tokenizer
+
+        p = Path(model_path)
+        if not p.is_file():
+            raise RunnerError(f"no model file {str(p)!r}", hint="give the .tflite a conversion wrote")
+        try:
+            self.model = SignatureModel(p, threads=threads)
+        except WorkbenchError as e:
+            raise RunnerError(e.message, e.hint) from None
+        except (ValueError, RuntimeError) as e:
+            raise RunnerError(f"{p.name} is not a LiteRT model ai-edge-litert can load ({e})",
+                              hint="give a .tflite written by a conversion") from None
+        self.path = p
+        self.threads = threads
+        out = self.model.decode_runner.get_output_details()
+        self.vocab = int(out["logits"]["shape"][-1])
+        self.tokenizer = None
+        self.eos: set[int] = set()
+        self.bos: Optional[int] = None
+        if tokenizer is not None:
+            try:
+                self.tokenizer = load_tokenizer(tokenizer)
+            except Exception as e:  # noqa: BLE001 - every tokenizer failure is the same user problem
+                raise RunnerError(f"cannot load a tokenizer from {tokenizer}: {e}",
+                                  hint="give the Hugging Face folder that holds tokenizer.json or tokenizer.model")
+            if len(self.tokenizer) > self.vocab:
+                raise RunnerError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is "
+                                  f"{self.vocab}: ids past {self.vocab - 1} would index nothing",
+                                  hint="use the tokenizer of the checkpoint this model was converted from")
+            self.eos, self.bos = _special_ids(Path(tokenizer), self.tokenizer)
+        self.last: Optional[Generation] = None
+        self._stop = threading.Event()
+
+    # ---- text <-> ids ---------------------------------------------------------------
+    def encode(self, prompt: str, chat: bool = False) -> list[int]:
+        if self.tokenizer is None:
+            raise RunnerError("this runner has no tokenizer, so it cannot read text",
+                              hint="Runner(model, tokenizer=HF_DIR), or pass token ids (ids=[...])")
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise RunnerError("the tokenizer has no chat template", hint="generate without chat=True")
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                     tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+
+    def decode_text(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return " ".join(map(str, ids))
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ---- generation -----------------------------------------------------------------
+    def stop(self) -> None:
+        """Asks a running generation to stop after its current token (from another thread)."""
+        self._stop.set()
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 64, on_text: Optional[Callable[[str], None]] = None,
+                 **kwargs) -> Generation:
+        """Generates and returns the whole Generation; `on_text` receives each new piece."""
+        for piece in self.stream(prompt, max_new_tokens, **kwargs):
+            if on_text is not None:
+                on_text(piece)
+        return self.last
+
+    def stream(self, prompt: str = "", max_new_tokens: int = 64, sampling: str = "greedy",
+               temperature: float = 1.0, top_k: int = 40, top_p: float = 0.9, seed: Optional[int] = None,
+               chat: bool = False, ids: Optional[list[int]] = None) -> Iterator[str]:
+        """Yields the continuation piece by piece; `self.last` holds the Generation after."""
+        if sampling not in SAMPLING:
+            raise RunnerError(f"unknown sampling {sampling!r}", hint=f"choose one of {', '.join(SAMPLING)}")
+        if sampling != "greedy" and not temperature > 0:
+            raise RunnerError(f"temperature {temperature} must be positive", hint="e.g. 0.8; or sampling='greedy'")
+        if sampling == "top_p" and not 0 < top_p <= 1:
+            raise RunnerError(f"top_p {top_p} must be in (0, 1]", hint="e.g. 0.9")
+        if sampling == "top_k" and top_k < 1:
+            raise RunnerError(f"top_k {top_k} must be at least 1", hint="e.g. 40")
+        if max_new_tokens < 1:
+            raise RunnerError(f"max_new_tokens {max_new_tokens} must be at least 1", hint="e.g. 64")
+        prompt_ids = [int(i) for i in ids] if ids is not None else self.encode(prompt, chat)
+        if self.bos is not None and ids is None and not chat and (not prompt_ids or prompt_ids[0] != self.bos) \
+                and getattr(self.tokenizer, "add_bos_token", False):
+            prompt_ids = [self.bos] + prompt_ids
+        if not prompt_ids:
+            raise RunnerError("the prompt has no tokens", hint="give some text")
+        if max(prompt_ids) >= self.vocab or min(prompt_ids) < 0:
+            raise RunnerError(f"token id {max(prompt_ids)} is outside the model's vocabulary of {self.vocab}",
+                              hint="use the tokenizer of the checkpoint this model was converted from")
+        kv = self.model.kv_len
+        if len(prompt_ids) > kv:
+            raise RunnerError(f"the prompt has {len(prompt_ids)} tokens but the model's KV cache holds {kv}",
+                              hint=f"shorten the prompt below {kv} tokens, or convert with a larger kv")
+        if len(prompt_ids) + max_new_tokens > kv:
+            raise RunnerError(f"{len(prompt_ids)} prompt tokens + max_new_tokens {max_new_tokens} exceed the model's "
+                              f"KV cache of {kv}", hint=f"ask for at most {kv - len(prompt_ids)} new tokens, or "
+                                                          "convert with a larger kv")
+        rng = np.random.default_rng(seed)
+        settings = {"sampling": sampling, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+                    "chat": chat}
+        self._stop.clear()
+        sm = self.model
+        sm.reset()
+        peak = _rss()
+        t0 = time.perf_counter()
+        self._prefill(prompt_ids[:-1])
+        logits = sm.decode(prompt_ids[-1], len(prompt_ids) - 1)
+        out: list[int] = []
+        detok = _Detokenizer(self.decode_text)
+        reason = "max_new_tokens"
+        ttft = 0.0
+        t_first = t0
+        for step in range(max_new_tokens):
+            nxt = _sample(logits, sampling, temperature, top_k, top_p, rng)
+            if step == 0:
+                t_first = time.perf_counter()
+                ttft = t_first - t0
+            peak = max(peak, _rss())
+            if nxt in self.eos:
+                reason = "eos"
+                break
+            out.append(nxt)
+            piece = detok.add(out)
+            if piece:
+                yield piece
+            if self._stop.is_set():
+                reason = "stopped"
+                break
+            if step == max_new_tokens - 1:
+                break
+            logits = sm.decode(nxt, len(prompt_ids) + step)
+        t_end = time.perf_counter()
+        final = self.decode_text(out)
+        piece = detok.flush(final)
+        if piece:
+            yield piece
+        n_after = max(len(out) - 1, 0)
+        self.last = Generation(
+            prompt=prompt, prompt_ids=prompt_ids, ids=out, text=final, stop_reason=reason, ttft_s=ttft,
+            prefill_tok_s=len(prompt_ids) / ttft if ttft > 0 else 0.0,
+            decode_tok_s=n_after / (t_end - t_first) if n_after and t_end > t_first else 0.0,
+            peak_rss_bytes=peak, sampling=settings)
+
+    def _prefill(self, ids: list[int]) -> None:
+        """Prefills in chunks of the largest signature; a tail that would run past the cache
+        (padding included) goes through decode one token at a time."""
+        sm = self.model
+        largest = sm.prefills[-1]
+        start = 0
+        while start < len(ids):
+            chunk = ids[start:start + largest]
+            n = next(p for p in sm.prefills if p >= len(chunk))
+            if start + n > sm.kv_len:
+                for j, t in enumerate(ids[start:]):
+                    sm.decode(t, start + j)
+                return
+            sm.prefill(chunk, start=start)
+            start += len(chunk)
+
+    # ---- side by side ---------------------------------------------------------------
+    def side_by_side(self, prompt: str, hf_dir: str | Path, max_new_tokens: int = 16, model=None,
+                     chat: bool = False) -> dict:
+        """Greedy continuations of the same prompt ids: this converted model, transformers, and
+        (when given) the re-authored PyTorch model; with the first token where each differs."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from workbench import layers
+
+        gen = self.generate(prompt, max_new_tokens, chat=chat)
+        ids = gen.prompt_ids
+        hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        ref: list[int] = []
+        seq = list(ids)
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                nxt = int(hf(torch.tensor([seq])).logits[0, -1].argmax())
+                if nxt in self.eos:
+                    break
+                ref.append(nxt)
+                seq.append(nxt)
+        rows = {"converted": gen.ids, "transformers": ref}
+        if model is not None:
+            ours = layers.generate_greedy(model, ids, max_new_tokens, len(ids) + max_new_tokens, stop=self.eos)
+            rows["reauthored"] = [t for t in ours if t not in self.eos]
+        first = {k: next((i for i, (a, b) in enumerate(zip(v, ref)) if a != b),
+                         None if len(v) == len(ref) else min(len(v), len(ref)))
+                 for k, v in rows.items() if k != "transformers"}
+        return {"prompt_ids": ids, "ids": rows, "text": {k: self.decode_text(v) for k, v in rows.items()},
+                "first_diff": first}
+
+
+class _Detokenizer:
+    """Turns a growing list of ids into text pieces that never need taking back.
+
+    Decoding is not always prefix-stable (SentencePiece drops a leading space, byte tokens
+    combine into one character), so, as transformers' TextStreamer does, a piece ends at
+    the last space, and an incomplete character ("\ufffd" at the end) waits for more bytes.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.sent = ""
+
+    def add(self, ids: list[int]) -> str:
+        text = self.decode(ids)
+        if not text.startswith(self.sent) or text.endswith("\ufffd"):
+            return ""
+        cut = text.rfind(" ") + 1 if not text.endswith("\n") else len(text)
+        if cut <= len(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):cut], text[:cut]
+        return piece
+
+    def flush(self, final: str) -> str:
+        if not final.startswith(self.sent):
+            return ""  # the text changed under what was sent: the Generation holds the truth
+        piece, self.sent = final[len(self.sent):], final
+        return piece
+
+
+def _sample(logits: np.ndarray, sampling: str, temperature: float, top_k: int, top_p: float, rng) -> int:
+    if sampling == "greedy":
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if sampling == "top_k":
+        k = min(top_k, z.size)
+        cut = np.partition(z, -k)[-k]
+        z = np.where(z >= cut, z, -np.inf)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if sampling == "top_p":
+        order = np.argsort(-p)
+        keep = np.cumsum(p[order]) - p[order] < top_p  # the smallest set whose mass reaches top_p
+        mask = np.zeros_like(p, dtype=bool)
+        mask[order[keep]] = True
+        p = np.where(mask, p, 0.0)
+        p /= p.sum()
+    return int(rng.choice(p.size, p=p))
+
+
+def _special_ids(folder: Path, tok) -> tuple[set[int], Optional[int]]:
+    """EOS ids (generation_config.json first, then the tokenizer) and the BOS id."""
+    import json
+
+    eos: set[int] = set()
+    bos = None
+    gc = folder / "generation_config.json"
+    if gc.is_file():
+        try:
+            d = json.loads(gc.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            d = {}
+        e = d.get("eos_token_id")
+        eos |= set(e if isinstance(e, list) else [e] if e is not None else [])
+        bos = d.get("bos_token_id")
+    if getattr(tok, "eos_token_id", None) is not None:
+        eos.add(int(tok.eos_token_id))
+    if bos is None:
+        bos = getattr(tok, "bos_token_id", None)
+    return {int(x) for x in eos}, (int(bos) if bos is not None else None)
+
+
+__all__ = ["Runner", "RunnerError", "Generation", "SAMPLING"]
