@@ -132,7 +132,7 @@ class RunPanel(W.VBox):
             verdict = ("reference" if name == "transformers" else
                        "same tokens" if first is None else f"differs from token #{first}")
             rows.append(f"<tr><td><b>{name}</b></td><td>{self._marked(ids, ref, first)}</td>"
-                        f"<td style='white-space:nowrap'>{verdict}</td></tr>")
+                        f"<td style='white-space:nowrap;padding-left:12px;color:#555'>{verdict}</td></tr>")
         self.side_html.value = ("<table class='ewb-side-by-side'><tr><th>model</th><th>greedy continuation</th>"
                                 "<th></th></tr>" + "".join(rows) + "</table>")
         return self.side

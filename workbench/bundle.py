@@ -51,6 +51,7 @@ TASK_MODEL, TASK_TOKENIZER, TASK_METADATA = "TF_LITE_PREFILL_DECODE", "TOKENIZER
 # field numbers of MediaPipe's LlmParameters proto that its bundler fills (its Python
 # package ships no _pb2 for it): repeated string stop_tokens = 5, string start_token = 6
 _TASK_STOP_FIELD, _TASK_START_FIELD = 5, 6
+_KIND_LIB = {"sentencepiece": "sentencepiece", "hf_tokenizer_json": "tokenizers"}  # who loads each tokenizer
 
 
 class BundleError(WorkbenchError):
@@ -78,9 +79,9 @@ class BundleResult:
         import html
 
         c = self.check
+        model = f"loads {c.get('model_loads')}, decode finite {c.get('decode_finite')}, vocab {c.get('vocab')}"
         rows = [("path", self.path), ("format", self.format), ("size", f"{self.size_bytes:,} bytes"),
-                ("entries", ", ".join(c.get("entries", []))), ("model", f"loads {c.get('model_loads')}, decode "
-                                                               f"finite {c.get('decode_finite')}, vocab {c.get('vocab')}"),
+                ("entries", ", ".join(c.get("entries", []))), ("model", model),
                 ("tokenizer", f"{c.get('tokenizer_kind')}, round-trip {c.get('tokenizer_roundtrip')}"),
                 ("problems", "; ".join(c.get("problems", [])) or "none")]
         body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
@@ -112,6 +113,10 @@ def bundle(tflite: Union[str, Path], tokenizer: Union[str, Path], format: str = 
     start, stops = _special_ids(folder, lookup)
     ctx = _context_length(context_length, format, model["kv"])
     _check_ids(start, stops, folder, tok_vocab, model["vocab"])
+    if format == "task" and start is None:
+        raise BundleError(f"a MediaPipe .task bundle needs a start token, and the model in {folder} is not "
+                          "given one (no bos_token_id, or its tokenizer does not prepend it)",
+                          hint="bundle with format='litertlm', which may leave the start token out")
     out = _out_path(out, tflite, format)
 
     partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -198,7 +203,8 @@ def _tokenizer_files(folder: Path, format: str) -> dict:
 
 
 def _token_lookup(tok: dict) -> tuple[Callable, int]:
-    """(name -> id or None, id -> name) over the tokenizer file, and its vocabulary size."""
+    """A lookup both ways over the tokenizer file (token -> id, id -> token; None when absent),
+    and its vocabulary size."""
     try:
         if tok["kind"] == "sentencepiece":
             import sentencepiece as spm
@@ -221,9 +227,6 @@ def _token_lookup(tok: dict) -> tuple[Callable, int]:
     except Exception as e:  # noqa: BLE001 - any library's complaint about the file
         raise BundleError(f"{tok['path']} is not a tokenizer {_KIND_LIB[tok['kind']]} can load: {e}",
                           hint="pass the model's own tokenizer files") from None
-
-
-_KIND_LIB = {"sentencepiece": "sentencepiece", "hf_tokenizer_json": "tokenizers"}
 
 
 def _read_json(path: Path) -> dict:
@@ -266,9 +269,9 @@ def _special_ids(folder: Path, lookup: Callable) -> tuple[Optional[int], list[in
 
 
 def _input_starts_with(folder: Path, tcfg: dict, bos: int) -> bool:
-    """Whether the model's input begins with `bos`: tokenizer.json's own encoding of a text,
-    else tokenizer_config.json's add_bos_token (True by default, as transformers' Llama and
-    Gemma SentencePiece tokenizers), or a chat template that writes it."""
+    """Whether the model's input begins with `bos`: a chat template that writes it, else
+    tokenizer.json's own encoding of a text, else tokenizer_config.json's add_bos_token
+    (True when absent, as in transformers' Llama and Gemma SentencePiece tokenizers)."""
     template = tcfg.get("chat_template")
     if isinstance(template, str) and "bos_token" in template:
         return True
@@ -320,6 +323,8 @@ def _out_path(out: Union[str, Path, None], tflite: Path, format: str) -> Path:
     out = tflite.with_suffix(suffix) if out is None else Path(out)
     if out.is_dir():
         out = out / (tflite.stem + suffix)
+    if out.resolve() == tflite.resolve():
+        raise BundleError(f"out {str(out)!r} is the model file itself", hint=f"use a path ending in {suffix}")
     other = {s for f, s in SUFFIXES.items() if f != format}
     if out.suffix in other:
         raise BundleError(f"{out.name} names a {out.suffix} file but format is {format!r}",
@@ -361,13 +366,10 @@ def _build_litertlm(tflite: Path, tok: dict, start: Optional[int], stops: list[i
     return partial / (tflite.stem + ".litertlm")  # build_litertlm's output_path is a folder
 
 
-def _build_task(tflite: Path, tok: dict, lookup: Callable, start: Optional[int], stops: list[int],
+def _build_task(tflite: Path, tok: dict, lookup: Callable, start: int, stops: list[int],
                 partial: Path) -> Path:
     from workbench._quiet import quiet
 
-    if start is None:
-        raise BundleError(f"a MediaPipe .task bundle needs a start token, and {tok['path'].parent} names none",
-                          hint="set bos_token_id in generation_config.json, or bundle with format='litertlm'")
     with quiet():
         from mediapipe.tasks.python.genai import bundler
 

@@ -1,0 +1,247 @@
+"""Bundles: a converted model and its tokenizer in a LiteRT-LM (.litertlm) or MediaPipe (.task)
+file, reopened and checked; refusals; atomic output (nothing finished-looking after a failure)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from workbench.bundle import BundleError, bundle, check_bundle
+from workbench.errors import WorkbenchError
+
+
+@pytest.fixture(scope="session")
+def tflites(samples, tmp_path_factory):
+    """One int8 conversion per sample (prefill 8, kv 64), made on first use and shared."""
+    cache: dict = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            from workbench import Blueprint
+            from workbench.convert import convert
+            from workbench.mapping import Mapping
+
+            d = samples[name]
+            m = Mapping.propose(Blueprint.from_hf(d), d)
+            out = tmp_path_factory.mktemp(f"bundle-{name}")
+            cache[name] = convert(m, recipe="dynamic_int8", prefill=[8], kv=64, out=out).result().path
+        return cache[name]
+
+    return get
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_litertlm_bundle_of_llama_reopens_decodes_and_round_trips(tflites, samples, tmp_path):
+    tfl = tflites("llama")
+    res = bundle(tfl, tokenizer=samples["llama"], format="litertlm", out=tmp_path / "llama.litertlm")
+    assert res.path == tmp_path / "llama.litertlm" and res.format == "litertlm"
+    assert res.size_bytes == res.path.stat().st_size > tfl.stat().st_size
+    assert os.listdir(tmp_path) == ["llama.litertlm"]  # no partial folder, no builder workdir
+
+    c = res.check
+    assert c["ok"] and c["problems"] == []
+    assert c["entries"] == ["LlmMetadataProto", "HF_Tokenizer_Zlib", "TFLiteModel"]
+    assert c["model_loads"] and c["decode_finite"] and c["vocab"] == 512 and c["logits_shape"] == [512]
+    assert c["model_sha256"] == _sha256(tfl)  # the very model, byte for byte
+    assert c["signatures"] == ["prefill_8", "decode"] and c["kv_cache"] == 64
+    assert c["tokenizer_kind"] == "hf_tokenizer_json" and c["tokenizer_vocab"] == 512
+    assert c["tokenizer_roundtrip"] and c["tokenizer_text"] == "Once upon a time"
+    assert c["tokenizer_ids"][0] == 1 and len(c["tokenizer_ids"]) > 2  # <s> from tokenizer.json, then the text
+    assert c["start_token_ids"] == [1] and c["stop_token_ids"] == [2] and c["context_length"] == 64
+    assert c["checked_ids"] == c["tokenizer_ids"][:6]
+
+    # reopened from disk it checks the same; the result serializes as documented
+    assert check_bundle(res.path) == c
+    assert check_bundle(res.path, format="litertlm") == c
+    data = json.loads(json.dumps(res.to_json()))
+    assert set(data) == {"path", "size_bytes", "format", "check"} and data["path"] == str(res.path)
+
+    # litert-lm-builder's own reader sees the metadata we meant
+    from litert_lm_builder import litertlm_peek
+
+    text = io.StringIO()
+    litertlm_peek.peek_litertlm_file(str(res.path), None, text)
+    meta = text.getvalue()
+    assert "max_num_tokens: 64" in meta and "supports_thinking: false" in meta
+    assert "supports_function_calling: false" in meta
+
+
+def test_task_bundle_of_llama_is_a_zip_mediapipe_reads(tflites, samples, tmp_path):
+    tfl = tflites("llama")
+    res = bundle(tfl, tokenizer=samples["llama"], format="task", out=tmp_path / "llama.task")
+    assert os.listdir(tmp_path) == ["llama.task"] and res.size_bytes == res.path.stat().st_size
+    with zipfile.ZipFile(res.path) as zf:
+        assert zf.namelist() == ["TF_LITE_PREFILL_DECODE", "TOKENIZER_MODEL", "METADATA"]
+        assert zf.read("TF_LITE_PREFILL_DECODE") == tfl.read_bytes()
+        assert zf.read("TOKENIZER_MODEL") == (samples["llama"] / "tokenizer.model").read_bytes()
+
+    c = res.check
+    assert c["ok"] and c["entries"] == ["TF_LITE_PREFILL_DECODE", "TOKENIZER_MODEL", "METADATA"]
+    assert c["model_loads"] and c["decode_finite"] and c["vocab"] == 512 and c["logits_shape"] == [512]
+    assert c["tokenizer_kind"] == "sentencepiece" and c["tokenizer_roundtrip"]
+    assert c["start_token"] == "<s>" and c["stop_tokens"] == ["</s>"]
+    assert c["start_token_ids"] == [1] and c["stop_token_ids"] == [2]
+    assert c["checked_ids"][0] == 1  # the start token first, as the runtime feeds it
+    assert check_bundle(res.path) == c == check_bundle(res.path, format="task")
+
+
+def test_qwen2_has_no_tokenizer_model_so_task_is_refused_but_litertlm_works(tflites, samples, tmp_path):
+    tfl = tflites("qwen2")
+    with pytest.raises(BundleError) as e:
+        bundle(tfl, tokenizer=samples["qwen2"], format="task", out=tmp_path / "qwen2.task")
+    assert "tokenizer.model" in e.value.message and "tokenizer.json" in e.value.message
+    assert "litertlm" in e.value.hint and isinstance(e.value, WorkbenchError)
+    assert os.listdir(tmp_path) == []
+
+    res = bundle(tfl, tokenizer=samples["qwen2"], format="litertlm", out=tmp_path / "qwen2.litertlm")
+    c = res.check
+    assert c["ok"] and c["tokenizer_kind"] == "hf_tokenizer_json" and c["tokenizer_roundtrip"]
+    assert c["decode_finite"] and c["model_sha256"] == _sha256(tfl)
+    # Qwen declares <|endoftext|> (509) as BOS but never prepends it: a stop token, no start token
+    assert c["stop_token_ids"] == [509] and c["start_token_ids"] == []
+    assert 509 not in c["checked_ids"]
+    assert os.listdir(tmp_path) == ["qwen2.litertlm"]
+
+
+def test_stop_token_list_context_length_and_default_out(tflites, samples, tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(samples["llama"] / f, tok / f)
+    (tok / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 0, 2]}))
+    tfl = tmp_path / "m.tflite"
+    shutil.copy(tflites("llama"), tfl)
+
+    res = bundle(tfl, tokenizer=tok, context_length=32)  # format and out by default
+    assert res.path == tmp_path / "m.litertlm" and res.format == "litertlm"
+    assert res.check["stop_token_ids"] == [2, 0] and res.check["context_length"] == 32
+    out_dir = tmp_path / "bundles"
+    out_dir.mkdir()
+    assert bundle(tfl, tokenizer=tok, out=out_dir).path == out_dir / "m.litertlm"  # a folder: named after the model
+
+    with pytest.raises(BundleError, match="exceeds the model's KV cache"):
+        bundle(tfl, tokenizer=tok, context_length=65, out=tmp_path / "x.litertlm")
+    with pytest.raises(BundleError, match="no context length"):
+        bundle(tfl, tokenizer=samples["llama"], format="task", context_length=32, out=tmp_path / "x.task")
+    (tok / "generation_config.json").write_text(json.dumps({"bos_token_id": 1}))
+    (tok / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+    with pytest.raises(BundleError, match="no stop token") as e:
+        bundle(tfl, tokenizer=tok, out=tmp_path / "x.litertlm")
+    assert "eos_token_id" in e.value.hint
+    assert sorted(os.listdir(tmp_path)) == ["bundles", "m.litertlm", "m.tflite", "tok"]
+
+
+@pytest.mark.parametrize("fmt,module,function", [
+    ("litertlm", "litert_torch.generative.utilities.litertlm_builder", "build_litertlm"),
+    ("task", "mediapipe.tasks.python.genai.bundler", "create_bundle"),
+])
+def test_a_failing_bundler_leaves_nothing_and_keeps_the_old_bundle(fmt, module, function, tflites, samples,
+                                                                   tmp_path, monkeypatch):
+    import importlib
+
+    from workbench._quiet import quiet
+
+    out = tmp_path / f"llama.{fmt}"
+    out.write_bytes(b"the previous, finished bundle")
+    seen = {}
+
+    def half_written_then_fail(*args, **kwargs):
+        seen["args"] = (args, kwargs)
+        folder = Path(kwargs.get("output_path") or Path(args[0].output_filename).parent)
+        (folder / f"llama.{fmt}").write_bytes(b"half a bundle")
+        raise RuntimeError("disk on fire")
+
+    with quiet():
+        target = importlib.import_module(module)
+    monkeypatch.setattr(target, function, half_written_then_fail)
+    with pytest.raises(BundleError, match="disk on fire"):
+        bundle(tflites("llama"), tokenizer=samples["llama"], format=fmt, out=out)
+    assert seen and os.listdir(tmp_path) == [out.name]
+    assert out.read_bytes() == b"the previous, finished bundle"
+
+
+def test_a_bundle_that_fails_its_check_is_not_written(tflites, samples, tmp_path, monkeypatch):
+    from workbench import bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod._Tokenizer, "decode", lambda self, ids: "Once upon a tim")
+    with pytest.raises(BundleError, match="does not round-trip") as e:
+        bundle(tflites("llama"), tokenizer=samples["llama"], out=tmp_path / "llama.litertlm")
+    assert "fails its check" in e.value.message and os.listdir(tmp_path) == []
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(tflites, samples, tmp_path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    tfl, llama = tflites("llama"), samples["llama"]
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def refused(match: str, *args, **kwargs) -> BundleError:
+        with pytest.raises(BundleError, match=match) as e:
+            bundle(*args, **kwargs)
+        assert e.value.hint
+        return e.value
+
+    refused("no model file", work / "missing.tflite", llama, out=work / "a.litertlm")
+    (work / "junk.tflite").write_bytes(b"not a flatbuffer at all")
+    refused("not a TFLite model", work / "junk.tflite", llama, out=work / "a.litertlm")
+    # the converted model with its signatures stripped: none at all, and prefill without decode
+    model = flatbuffer_utils.read_model(str(tfl))
+    model.signatureDefs = [s for s in model.signatureDefs if s.signatureKey != b"decode"]
+    flatbuffer_utils.write_model(model, str(work / "nodecode.tflite"))
+    model.signatureDefs = []
+    flatbuffer_utils.write_model(model, str(work / "nosig.tflite"))
+    for name in ("nodecode.tflite", "nosig.tflite"):
+        e = refused("no prefill_N and decode signatures", work / name, llama, out=work / "a.litertlm")
+        assert "convert" in e.hint
+
+    refused("does not exist", tfl, work / "no-such-folder", out=work / "a.litertlm")
+    refused("needs tokenizer.json or tokenizer.model", tfl, work, out=work / "a.litertlm")
+    refused("unknown bundle format", tfl, llama, format="gguf", out=work / "a.gguf")
+    refused("output folder .* does not exist", tfl, llama, out=work / "missing" / "a.litertlm")
+    (work / "a-file").write_text("x")
+    refused("output folder .* is not a folder", tfl, llama, out=work / "a-file" / "a.litertlm")
+    refused("names a .task file", tfl, llama, format="litertlm", out=work / "a.task")
+    refused("is the model file itself", tfl, llama, out=tfl)
+    assert sorted(os.listdir(work)) == ["a-file", "junk.tflite", "nodecode.tflite", "nosig.tflite"]
+
+
+def test_check_bundle_refuses_what_is_not_a_bundle_and_reports_what_is_missing(tflites, samples, tmp_path):
+    with pytest.raises(BundleError, match="no bundle at"):
+        check_bundle(tmp_path / "missing.litertlm")
+    (tmp_path / "junk.litertlm").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="not a litertlm or task bundle"):
+        check_bundle(tmp_path / "junk.litertlm")
+    res = bundle(tflites("llama"), tokenizer=samples["llama"], out=tmp_path / "llama.litertlm")
+    with pytest.raises(BundleError, match="not a task bundle"):
+        check_bundle(res.path, format="task")
+
+    # a zip with the tokenizer but no model: reported, not raised
+    with zipfile.ZipFile(tmp_path / "partial.task", "w") as zf:
+        zf.writestr("TOKENIZER_MODEL", (samples["llama"] / "tokenizer.model").read_bytes())
+    c = check_bundle(tmp_path / "partial.task")
+    assert not c["ok"] and not c["model_loads"] and c["tokenizer_roundtrip"]
+    assert any("TF_LITE_PREFILL_DECODE" in p for p in c["problems"])
+    assert any("METADATA" in p for p in c["problems"])
+
+
+def test_a_sentencepiece_only_folder_bundles_as_litertlm_with_its_tokenizer_model(tflites, samples, tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for f in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(samples["llama"] / f, tok / f)
+    res = bundle(tflites("llama"), tokenizer=tok, out=tmp_path / "sp.litertlm")
+    c = res.check
+    assert c["ok"] and c["entries"] == ["LlmMetadataProto", "SP_Tokenizer", "TFLiteModel"]
+    assert c["tokenizer_kind"] == "sentencepiece" and c["tokenizer_roundtrip"]
+    assert c["start_token_ids"] == [1] and c["stop_token_ids"] == [2]  # Llama's SentencePiece adds BOS by default
