@@ -245,3 +245,26 @@ def test_a_sentencepiece_only_folder_bundles_as_litertlm_with_its_tokenizer_mode
     assert c["ok"] and c["entries"] == ["LlmMetadataProto", "SP_Tokenizer", "TFLiteModel"]
     assert c["tokenizer_kind"] == "sentencepiece" and c["tokenizer_roundtrip"]
     assert c["start_token_ids"] == [1] and c["stop_token_ids"] == [2]  # Llama's SentencePiece adds BOS by default
+
+
+def test_cli_bundle_json_and_project(tflites, samples, llama_project, tmp_path, capsys):
+    import json
+
+    from tests.conftest import copy_project
+    from workbench import cli
+
+    out = tmp_path / "llama.task"
+    assert cli.main(["bundle", str(tflites("llama")), "--tokenizer", str(samples["llama"]), "--format", "task",
+                     "--out", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got) >= {"path", "size_bytes", "format", "check"} and got["format"] == "task"
+    assert got["check"]["decode_finite"] and got["check"]["tokenizer_roundtrip"] and out.is_file()
+    project = copy_project(llama_project, tmp_path)
+    assert cli.main(["bundle", "--project", str(project), "--format", "litertlm", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["path"] == str(project / "bundles" / "fp32.litertlm")
+    record = json.loads((project / "bundles" / "fp32.litertlm.json").read_text())
+    assert record["conversion"] == "fp32" and record["inputs"]["mapping"]
+    assert cli.main(["bundle", str(tflites("qwen2")), "--tokenizer", str(samples["qwen2"]), "--format", "task",
+                     "--json"]) == cli.EXIT_ERROR
+    assert "tokenizer.model" in json.loads(capsys.readouterr().out)["error"]

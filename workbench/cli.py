@@ -296,6 +296,25 @@ def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
     return out, text
 
 
+def cmd_bundle(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.bundle import bundle
+
+    if args.project:
+        if args.model:
+            raise WorkbenchError(f"give either MODEL ({args.model}) or --project, not both",
+                                 hint="with --project, --conversion NAME picks one of its conversions")
+        res = _open_for(args, write=True).bundle(args.format, conversion=args.conversion)
+    else:
+        if not args.model or not args.tokenizer:
+            raise WorkbenchError("bundle needs a model and its tokenizer",
+                                 hint="edge-workbench bundle MODEL.tflite --tokenizer HF_DIR --format litertlm")
+        res = bundle(args.model, args.tokenizer, format=args.format, out=args.out)
+    c = res.check
+    return res.to_json(), (f"wrote {res.path} ({res.size_bytes:,} bytes, {res.format}); reopened: model decodes "
+                           f"{'finite' if c.get('decode_finite') else 'NOT finite'}, tokenizer round-trip "
+                           f"{'ok' if c.get('tokenizer_roundtrip') else 'FAILED'}")
+
+
 def _open_for(args: argparse.Namespace, write: bool):
     from workbench.project import Workbench
 
@@ -333,6 +352,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "new": cmd_new,
     "run": cmd_run,
+    "bundle": cmd_bundle,
     "paths": cmd_paths,
     "status": cmd_status,
     "blueprint": cmd_blueprint,
@@ -400,6 +420,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=2, help="XNNPACK threads (default 2)")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     r.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    bu = sub.add_parser("bundle", help="pack a converted model with its tokenizer for LiteRT-LM or MediaPipe")
+    bu.add_argument("model", nargs="?", help="a converted .tflite")
+    bu.add_argument("--tokenizer", default=None, help="the Hugging Face folder holding the tokenizer")
+    bu.add_argument("--format", choices=("litertlm", "task"), default="litertlm",
+                    help="litertlm (LiteRT-LM) or task (MediaPipe LLM Inference; needs tokenizer.model)")
+    bu.add_argument("--out", default=None, help="the bundle file (default: beside the model)")
+    bu.add_argument("--project", default=None, help="a project: its newest fresh conversion, written to bundles/")
+    bu.add_argument("--conversion", default=None, help="with --project: the conversion's name")
+    bu.add_argument("--json", action="store_true", help="one JSON object on stdout")
     pa = sub.add_parser("paths", help="convert both ways (re-authored, export_hf) and compare them side by side")
     pa.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (with its tokenizer)")
     pa.add_argument("--project", default=None, help="a project folder instead of HF_DIR; the table is recorded")

@@ -480,7 +480,7 @@ class Workbench:
         """Half-written files a killed process left (never read as results)."""
         pats = (".*.tmp-*", ".*.partial-*")
         out: list[Path] = []
-        for sub in (self.root, self.root / "comparisons", self.root / "conversions", self.root / "paths"):
+        for sub in (self.root, *(self.root / d for d in ("comparisons", "conversions", "paths", "bundles"))):
             for pat in pats:
                 out += sorted(sub.glob(pat))
         return out
@@ -570,6 +570,22 @@ class Workbench:
         if name not in self.paths:
             raise ProjectError(f"no paths table named {name!r}", hint=f"recorded: {', '.join(self.paths) or 'none'}")
         return PathComparison.from_json(self.paths[name]["result"])
+
+    def bundle(self, format: str = "litertlm", conversion: Optional[str] = None, **kwargs):
+        """Bundles a conversion (default: the newest fresh one) with the checkpoint's tokenizer
+        into bundles/, checked; a record beside it says what it was made from."""
+        from workbench.bundle import SUFFIXES, bundle
+
+        self._writable()
+        name = conversion or self.latest_conversion()
+        tflite = self.conversion_path(name)
+        out = self.root / "bundles" / f"{name}{SUFFIXES.get(format, '')}"
+        out.parent.mkdir(exist_ok=True)
+        res = bundle(tflite, self.checkpoint_path(), format=format, out=out, **kwargs)
+        record = {"kind": "edge-workbench/bundle", "schema": 1, "created": _now(), "conversion": name,
+                  "inputs": self.conversions[name].get("inputs", {}), "result": {**res.to_json(), "path": out.name}}
+        atomic_write_json(out.with_name(out.name + ".json"), record)
+        return res
 
     def latest_conversion(self) -> str:
         """The newest fresh conversion's name (what `run` and `bundle` take by default)."""
