@@ -61,12 +61,16 @@ def test_compare_panel_renders_in_jupyterlab(lab, tmp_path):
 
 def test_convert_panel_renders_in_jupyterlab(lab, tmp_path):
     with browser.browser_page() as page:
+        # the last heavy cell (both paths side by side) fills the paths table
         browser.run_all_cells(page, lab.notebook_url(browser.ROOT / "notebooks" / "04_convert.ipynb"),
-                              ".ewb-convert .ewb-quant-error", timeout_ms=600_000)
-        panel = page.locator(".ewb-convert").first
+                              ".ewb-convert .ewb-paths", timeout_ms=600_000)
+        panel = page.locator(".ewb-convert").last  # the same panel, shown again near the end
         panel.scroll_into_view_if_needed()
+        page.wait_for_function("() => [...document.querySelectorAll('.ewb-convert')].some("
+                               "p => p.innerText.includes('Convert and quantize'))", timeout=60_000)
         text = panel.inner_text()
         assert "Convert and quantize" in text and "estimated size" in text
         assert "top-1 agreement" in text and "Where quantization hurts" in text
+        assert "direct export (export_hf)" in text
         assert page.locator(".ewb-convert .js-plotly-plot").count() >= 1
         page.screenshot(path=str(tmp_path / "convert.png"))
