@@ -105,6 +105,13 @@ def test_bad_inputs_are_named(converted, tmp_path, samples):
         Runner(bogus)
     with pytest.raises(RunnerError, match="no model file"):
         Runner(tmp_path / "missing.tflite")
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(converted["reauthored"]))
+    model.signatureDefs = [s for s in model.signatureDefs if s.signatureKey != b"decode"]
+    flatbuffer_utils.write_model(model, str(tmp_path / "nodecode.tflite"))
+    with pytest.raises(RunnerError, match="no prefill_N and decode signatures"):
+        Runner(tmp_path / "nodecode.tflite")
     # a tokenizer with more tokens than the model's vocabulary
     from transformers import AutoTokenizer
 
