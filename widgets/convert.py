@@ -20,7 +20,8 @@ import plotly.graph_objects as go
 import traitlets
 
 from workbench import WorkbenchError
-from workbench.convert import ConversionError, ConversionResult, Job, convert, prewarm
+from workbench.convert import (ConversionError, ConversionResult, Job, convert, estimate_peak_bytes, memory_warning,
+                               prewarm)
 from workbench.recipe import SCHEMES, Recipe
 
 PER_LAYER = "per-layer…"
@@ -87,6 +88,7 @@ class ConvertPanel(W.VBox):
                                      tooltip="convert both ways with this recipe and lengths, then measure both")
         self.paths_button.on_click(lambda _: self.compare_paths())
         self.paths_html = W.HTML()
+        self.path.observe(lambda _: self._update_estimate(), names="value")
         self.paths_figure = go.FigureWidget()
         self.paths_figure.layout.height = 10
         self.paths_table = None  # the last PathComparison
@@ -144,8 +146,14 @@ class ConvertPanel(W.VBox):
         try:
             r = Recipe.parse(self.recipe_spec())
             self.estimate_bytes = r.estimate_bytes(self.mapping.blueprint, self.kv.value or None)
-            self.estimate_html.value = (f"estimated size <b>{self.estimate_bytes / 2**20:.2f} MiB</b> "
-                                        f"<span style='color:#777'>({html.escape(r.describe())})</span>")
+            path = self.path.value if hasattr(self, "path") else "reauthored"
+            peak = estimate_peak_bytes(self.mapping.blueprint, path)
+            warn = memory_warning(peak)
+            self.estimate_html.value = (
+                f"estimated size <b>{self.estimate_bytes / 2**20:.2f} MiB</b> "
+                f"<span style='color:#777'>({html.escape(r.describe())})</span>; peak memory "
+                f"<span class='ewb-peak' style='color:{'#e65100' if warn else '#333'}'>~{peak / 1e9:.1f} GB</span>"
+                + (f"<div class='ewb-memory-warning' style='color:#e65100'>⚠ {html.escape(warn)}</div>" if warn else ""))
         except WorkbenchError as e:
             self.estimate_html.value = f"<span style='color:#c62828'>{html.escape(str(e))}</span>"
 

@@ -139,7 +139,10 @@ def _metrics(a: np.ndarray, b: np.ndarray) -> dict:
 def check_tflite(path: str | Path, model, hf_dir: str | Path, prefill: int, kv: int, steps: int = 6,
                  threads: int = 2) -> dict:
     """Runs the converted model and compares its decode logits with transformers' and, when
-    `model` (the re-authored PyTorch model) is given, with its; returns the figures."""
+    `model` (the re-authored PyTorch model, or a function that loads it) is given, with its;
+    returns the figures. One model is in memory at a time: transformers', then ours."""
+    import gc
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -153,7 +156,13 @@ def check_tflite(path: str | Path, model, hf_dir: str | Path, prefill: int, kv: 
         for _ in range(steps):
             seq.append(int(hf(torch.tensor([seq])).logits[0, -1].argmax()))
         ref = hf(torch.tensor([seq])).logits[0].numpy()
-    ours = layers.logits(model, seq, len(seq))[0].numpy() if model is not None else None
+    del hf
+    gc.collect()
+    ours = None
+    if model is not None:
+        m = model if isinstance(model, torch.nn.Module) else model()
+        ours = layers.logits(m, seq, len(seq))[0].numpy()
+        del m
     start = len(prompt) - 1
     if start > 0:
         tfl.prefill(prompt[:-1])

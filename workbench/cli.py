@@ -196,6 +196,13 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
             print(line, file=sys.stderr, flush=True)
             last[0] = line
 
+    from workbench.convert import estimate_peak_bytes, memory_warning
+
+    bp_now = wb.blueprint if wb is not None else m.blueprint
+    est = estimate_peak_bytes(bp_now, args.path)
+    print(f"estimated peak memory: {est / 1e9:.1f} GB", file=sys.stderr)
+    if memory_warning(est):
+        print(f"warning: {memory_warning(est)}", file=sys.stderr)
     if wb is not None:
         job = wb.convert(args.name, recipe=args.recipe, prefill=prefill, kv=args.kv, progress=progress,
                          path=args.path)

@@ -173,6 +173,8 @@ class Job:
                 self.detail = f"{ev['done']}/{ev['total']}"
             elif ev["event"] in ("done", "error"):
                 self._outcome = ev
+                # the child's own count sees the converter's C++ spikes between our samples
+                self.peak_rss_bytes = max(self.peak_rss_bytes, int(ev.get("peak_rss_self") or 0))
             self._notify()
         self.proc.wait()
         self.ended = time.time()
@@ -311,6 +313,7 @@ class Job:
             "path": spec.get("path_kind", "reauthored"),
             "prefill": spec["prefill"], "kv": spec["kv"], "signatures": sigs,
             "size_bytes": partial.stat().st_size, "estimated_size_bytes": spec.get("estimated_bytes"),
+            "estimated_peak_bytes": spec.get("estimated_peak_bytes"),
             "versions": versions, "blueprint_fingerprint": spec["blueprint_fingerprint"],
             "mapping_hash": spec["mapping_hash"], "seconds": done["seconds"],
             "peak_rss_bytes": self.peak_rss_bytes, "check": check, "checkpoint": spec["checkpoint"],
@@ -331,6 +334,32 @@ class Job:
         s = self.status()
         return (f"Job({self.spec['name']}: {s['stage']}, {s['elapsed_s']:.0f} s, "
                 f"peak {_gb(s['peak_rss_bytes'])}{', done' if s['done'] else ''})")
+
+
+# Peak RSS of a conversion ≈ base + slope × fp32 weight bytes, fitted on measured runs
+# (benchmarks/convert_memory.py, llama-shaped, dynamic_int8, check included):
+#   re-authored (low-memory route): 46M 1.80 GB, 1.1B 6.11 GB  -> 1.6 GB + 1.02 W
+#   export_hf: 0.1M 1.24 GB, 1.1B 14.2 GB (STACK-NOTES)        -> 1.25 GB + 2.95 W
+# The quantization-error view (ai-edge-quantizer's validate) keeps every tensor: + 1.5 W.
+_PEAK_FIT = {"reauthored": (1.6e9, 1.02), "export_hf": (1.25e9, 2.95)}
+
+
+def estimate_peak_bytes(bp, path: str = "reauthored", analyze: bool = False) -> int:
+    """The conversion's expected peak memory, from the measured growth with weight bytes."""
+    base, slope = _PEAK_FIT[path]
+    w = bp.summary().weights_bytes["fp32"]
+    return int(base + (slope + (1.5 if analyze and path == "reauthored" else 0.0)) * w)
+
+
+def memory_warning(estimate: int) -> str:
+    """A sentence when the estimate exceeds the memory available now, else ''."""
+    import psutil
+
+    avail = psutil.virtual_memory().available
+    if estimate <= avail:
+        return ""
+    return (f"this conversion is expected to peak near {estimate / 1e9:.1f} GB, but only {avail / 1e9:.1f} GB are "
+            "available now: it may be killed for memory; close other work, or convert a smaller model")
 
 
 def _export_hf_recipe(r: Recipe, folder: Path) -> Any:
@@ -358,7 +387,7 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
             kv: int = 1024, out: Union[str, Path] = "out", name: Optional[str] = None,
             progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6,
             analyze: Optional[bool] = None, manifest_extra: Optional[dict] = None,
-            path: str = "reauthored") -> Job:
+            path: str = "reauthored", low_memory: Optional[bool] = None) -> Job:
     """Starts a conversion in a child process and returns its Job at once.
 
     `source`: a Mapping (its Blueprint rides along), or a Hugging Face folder (the
@@ -367,6 +396,10 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
     cannot hold, an unknown recipe or a per-layer recipe naming missing layers, an
     output folder that cannot be written. `manifest_extra`: more fields for the
     manifest (a project records what the result was computed from there).
+
+    `low_memory` (default): weights lowered as zero-copy constants, the float model written
+    straight to a file, the PyTorch weights freed, then ai-edge-quantizer from file to file.
+    False quantizes inside litert-torch's converter instead (more memory, no faster).
 
     `path="export_hf"` converts the same Hugging Face folder with litert-torch's direct
     export instead (no re-authoring; one recipe name for the whole model), in the same job
@@ -423,6 +456,8 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
     final = out / f"{name}.tflite"
     workdir = Path(tempfile.mkdtemp(prefix=f"ewb-job-{name}-"))
     mapping_path = mapping.save(workdir / "mapping.json")
+    analyze_flag = (analyze if analyze is not None else bp.summary().params < 300_000_000) and r.name != "none" \
+        and path == "reauthored"
     spec = {
         "name": name, "recipe": r.to_json(), "prefill": prefill, "kv": kv, "path": str(final.resolve()),
         "partial": str((out / f".{name}.tflite.partial-{uuid.uuid4().hex[:8]}").resolve()),
@@ -430,14 +465,16 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         "mapping": str(mapping_path), "checkpoint": str(Path(mapping.checkpoint.root).resolve()),
         "threads": threads or os.cpu_count() or 1, "check_steps": check_steps,
         # ai-edge-quantizer's validate keeps every tensor: measured by default up to 300M parameters
-        "analyze": analyze if analyze is not None else bp.summary().params < 300_000_000,
+        "analyze": analyze_flag,
         "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": _hash(mapping.to_json()["tensor_names"]),
         "estimated_bytes": r.estimate_bytes(bp, kv),
+        "estimated_peak_bytes": estimate_peak_bytes(bp, path, bool(analyze_flag)),
         "schemes": {"embedding": r.scheme_of("embedding"),
                     "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
                                 "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},
         "manifest_extra": manifest_extra or {},
         "path_kind": path, "export_recipe": export_recipe,
+        "low_memory": low_memory if low_memory is not None else True,
         "staging": str((out / f".{name}.staging.partial-{uuid.uuid4().hex[:8]}").resolve()),
     }
     (workdir / "spec.json").write_text(json.dumps(spec, indent=1))

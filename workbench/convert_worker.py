@@ -156,6 +156,23 @@ def run_export_hf(spec: dict) -> dict:
     return {"check": result, "quant_error": None, "signatures": checks.describe_signatures(partial)}
 
 
+def _trim() -> None:
+    """Hands freed heap back to the system (glibc keeps it otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """This process's own peak RSS (the kernel's count: it sees C++ spikes a sampler misses)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def run(spec: dict) -> dict:
     if spec.get("path_kind") == "export_hf":
         return run_export_hf(spec)
@@ -190,8 +207,9 @@ def run(spec: dict) -> dict:
     export_config = converter.ExportConfig()
     converter._add_signatures(conv, model, list(spec["prefill"]), kv, None, 0, model.config, [None], export_config)
     analyze = recipe.name != "none" and spec.get("analyze", True)
+    low_memory = bool(spec.get("low_memory")) and not analyze
     quant_config = None
-    if recipe.name != "none" and not analyze:
+    if recipe.name != "none" and not analyze and not low_memory:
         # Quantize in memory inside litert-torch's converter, as its own recipes would, but
         # under our ai-edge-quantizer rules (its translation matches no 0.10 tensor names).
         from litert_torch.generative.quantize import quant_recipes
@@ -201,14 +219,39 @@ def run(spec: dict) -> dict:
         translate_recipe.translate_to_ai_edge_recipe = lambda _generative_recipe: ours
         quant_config = quant_recipes.full_dynamic_recipe(mcfg=model.config)  # only carries "quantize"
     emit("stage", stage="export", detail="torch.export of every signature")
-    edge = conv.convert(quant_config=quant_config)
     final = Path(spec["path"])
     partial = Path(spec["partial"])
+    if low_memory:
+        # Weights as zero-copy resource constants (not DenseElementsAttr copies), no runtime
+        # constant folding, the float model written by C++ straight to a file; then the
+        # PyTorch weights are freed and ai-edge-quantizer quantizes file to file (mmapped).
+        edge = conv.convert(lightweight_conversion=True, runtime_constant_folding=False)
+    else:
+        edge = conv.convert(quant_config=quant_config)
     emit("stage", stage="write", detail=str(final.name))
     if os.environ.get("EWB_TEST_DISK_FULL"):
         raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(partial))
-    edge.export(str(partial))
+    float_file = partial.with_name(partial.name + ".float") if low_memory and recipe.name != "none" else partial
+    edge.export(str(float_file))
     del edge, conv
+    if low_memory and recipe.name != "none":
+        import gc
+
+        from ai_edge_quantizer import quantizer
+
+        for prm in model.parameters():  # the converter is gone: nothing else holds the float weights
+            prm.data = torch.empty(0)
+        # the check reloads them (mmapped, one tensor at a time) after transformers' model is gone
+        model = lambda: m.load(kv_cache_length=kv)  # noqa: E731
+        gc.collect()
+        _trim()
+        emit("stage", stage="quantize", detail=recipe.describe() + " (ai-edge-quantizer, file to file)")
+        try:
+            quantizer.Quantizer(str(float_file), recipe.ai_edge_recipe(tied_head=bp.tie_embeddings)).quantize(
+                serialize_to_path=str(partial), enable_progress_report=False)
+        finally:
+            float_file.unlink(missing_ok=True)
+        os.chmod(partial, 0o644)
     quant_error = None
     if analyze:
         # Float first, then ai-edge-quantizer here: its validate needs both models.
@@ -279,7 +322,7 @@ def main(argv: list[str]) -> int:
             emit("error", error=f"{type(e).__name__}: {e}", hint="see the job's log for the traceback",
                  kind=type(e).__name__)
         return 1
-    emit("done", seconds=time.time() - t0, **out)
+    emit("done", seconds=time.time() - t0, peak_rss_self=_peak_rss(), **out)
     return 0
 
 

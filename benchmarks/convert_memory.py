@@ -1,0 +1,164 @@
+"""Peak memory of converting llama-shaped models of growing size, three ways, dynamic int8.
+
+    python benchmarks/convert_memory.py [--sizes 44M,156M,1.1B] [--limit-gb 20] [--only ours,litert,export_hf]
+
+Each conversion runs in a fresh process whose tree's RSS is sampled every 0.1 s (and the
+process's own ru_maxrss read at the end, which also sees the converter's C++ spikes);
+a run that passes --limit-gb is killed there and reported as "killed at N GB" — a result,
+not a crash of the benchmark:
+  litert-torch:  ModelLoader + converter.convert_to_tflite (its TinyLlama example's route)
+  ours:          workbench.convert job (low-memory route: zero-copy constants, float file,
+                 weights freed, ai-edge-quantizer file to file), check included
+  export_hf:     litert-torch's direct Hugging Face export (dynamic_wi8_afp32)
+The checkpoints are random (seeded) and made under benchmarks/_work (never committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work"
+SIZES = {  # name -> (layers, hidden, intermediate, heads, kv heads, vocab)
+    "44M": (12, 512, 1376, 8, 4, 8000),
+    "156M": (12, 1024, 2816, 16, 4, 8000),
+    "400M": (16, 1536, 4096, 16, 4, 32000),
+    "1.1B": (22, 2048, 5632, 32, 4, 32000),  # TinyLlama's shape
+}
+
+LITERT = textwrap.dedent("""
+    import resource, sys
+    from workbench._quiet import import_stack
+    import_stack()
+    from litert_torch.generative.utilities import converter, model_builder
+    from litert_torch.generative.utilities.loader import ModelLoader
+    from workbench import Blueprint
+    folder, out = sys.argv[1], sys.argv[2]
+    bp = Blueprint.from_hf(folder)
+    names = ModelLoader.TensorNames(**{k: v for k, v in bp.tensor_names().items() if v})
+    model = model_builder.build_decoder_only_model(folder, bp.model_config(), names, mask_cache_size=1024)
+    converter.convert_to_tflite(model, out, "litert", prefill_seq_len=[8, 64], kv_cache_max_len=1024,
+                                quantize="dynamic_int8", export_config=converter.ExportConfig())
+    print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+""")
+OURS = textwrap.dedent("""
+    import sys
+    from workbench._quiet import import_stack
+    import_stack()
+    from workbench.convert import convert
+    r = convert(sys.argv[1], recipe="dynamic_int8", prefill=[8, 64], kv=1024, out=sys.argv[2], analyze=False,
+                check_steps=4).result()
+    print("PEAK", r.peak_rss_bytes)
+    print("CHECK", r.check["top1_agreement"], (r.check.get("vs_reauthored") or {}).get("top1_agreement"))
+""")
+EXPORT_HF = textwrap.dedent("""
+    import resource, sys
+    from litert_torch.generative.export_hf import export
+    export.export(model=sys.argv[1], output_dir=sys.argv[2], prefill_lengths=[8, 64], cache_length=1024,
+                  quantization_recipe="dynamic_wi8_afp32", bundle_litert_lm=False, keep_temporary_files=True)
+    print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+""")
+RUNS = {"litert": LITERT, "ours": OURS, "export_hf": EXPORT_HF}
+
+
+def checkpoint(name: str) -> Path:
+    folder = WORK / f"memory-{name}"
+    if not (folder / "config.json").exists():
+        import torch
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        layers, hidden, inter, heads, kv, vocab = SIZES[name]
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=2048,
+                          tie_word_embeddings=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.02)
+        model.save_pretrained(folder, max_shard_size="1GB")
+        del model
+    tiny = HERE.parent / "sample_models" / "llama-tiny"  # export_hf needs a tokenizer in the folder
+    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        if (tiny / f).exists() and not (folder / f).exists():
+            shutil.copy(tiny / f, folder / f)
+    return folder
+
+
+def measure(code: str, folder: Path, limit: float) -> dict:
+    import psutil
+
+    out = Path(tempfile.mkdtemp(prefix="ewb-mem-"))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    peak, killed = [0], [False]
+
+    def sample() -> None:
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            except psutil.Error:
+                rss = 0
+            peak[0] = max(peak[0], rss)
+            if rss > limit * 1e9 and not killed[0]:
+                killed[0] = True
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    t = time.time()
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    stdout, _ = proc.communicate()
+    th.join()
+    seconds = time.time() - t
+    shutil.rmtree(out, ignore_errors=True)
+    lines = dict(line.split(" ", 1) for line in stdout.splitlines() if line.startswith(("PEAK", "CHECK")))
+    if killed[0]:
+        return {"result": f"killed at {peak[0] / 1e9:.1f} GB", "peak": peak[0], "seconds": seconds}
+    if proc.returncode != 0:
+        return {"result": f"failed (exit {proc.returncode}) at {peak[0] / 1e9:.1f} GB", "peak": peak[0],
+                "seconds": seconds}
+    own = int(lines.get("PEAK", "0"))
+    return {"result": "ok", "peak": max(peak[0], own), "seconds": seconds, "check": lines.get("CHECK")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="44M,156M,1.1B")
+    ap.add_argument("--only", default="litert,ours,export_hf")
+    ap.add_argument("--limit-gb", type=float, default=20.0)
+    args = ap.parse_args()
+    rows = []
+    for name in args.sizes.split(","):
+        folder = checkpoint(name)
+        from workbench import Blueprint
+
+        bp = Blueprint.from_hf(folder)
+        w = bp.summary().weights_bytes["fp32"]
+        for kind in args.only.split(","):
+            r = measure(RUNS[kind], folder, args.limit_gb)
+            rows.append((name, bp.summary().params, w, kind, r))
+            print(f"{name:>5} {kind:<10} {r['result']:<24} peak {r['peak'] / 1e9:6.2f} GB "
+                  f"({r['peak'] / w:4.1f}x fp32 weights) {r['seconds']:6.0f} s"
+                  + (f"  check top-1 vs transformers / vs re-authored: {r['check']}" if r.get("check") else ""),
+                  flush=True)
+    print(json.dumps([{"size": n, "params": p, "fp32_weight_bytes": w, "path": k, **r} for n, p, w, k, r in rows]))
+
+
+if __name__ == "__main__":
+    main()
