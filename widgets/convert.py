@@ -158,15 +158,21 @@ class ConvertPanel(W.VBox):
             self.estimate_html.value = f"<span style='color:#c62828'>{html.escape(str(e))}</span>"
 
     # ---- actions ------------------------------------------------------------------
-    def convert(self) -> Optional[Job]:
-        """Starts the conversion job (returns at once), or shows why it cannot start."""
+    def _startable_prefill(self) -> Optional[list[int]]:
+        """The form's prefill lengths when nothing is running, else None with the reason shown."""
         if self._busy():
             self._card("A conversion is already running: cancel it first.", error=True)
             return None
         try:
-            prefill = [int(p) for p in self.prefill.value.replace(" ", "").split(",") if p]
+            return [int(p) for p in self.prefill.value.replace(" ", "").split(",") if p]
         except ValueError:
             self._card(f"prefill {self.prefill.value!r} is not a list of lengths (e.g. 8,64)", error=True)
+            return None
+
+    def convert(self) -> Optional[Job]:
+        """Starts the conversion job (returns at once), or shows why it cannot start."""
+        prefill = self._startable_prefill()
+        if prefill is None:
             return None
         self.result, self.error, self._paths_thread = None, None, None
         try:
@@ -192,13 +198,8 @@ class ConvertPanel(W.VBox):
         and lengths, in the background, then shows the side-by-side table and chart."""
         from workbench.paths import compare_paths
 
-        if self._busy():
-            self._card("A conversion is already running: cancel it first.", error=True)
-            return None
-        try:
-            prefill = [int(p) for p in self.prefill.value.replace(" ", "").split(",") if p]
-        except ValueError:
-            self._card(f"prefill {self.prefill.value!r} is not a list of lengths (e.g. 8,64)", error=True)
+        prefill = self._startable_prefill()
+        if prefill is None:
             return None
         jobs: list = []
         kw = dict(recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value, jobs=jobs,

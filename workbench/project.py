@@ -520,13 +520,17 @@ class Workbench:
             tfl = self.conversion_path(tflite, allow_stale=allow_stale)
         c = compare(self.checkpoint_path(), self.blueprint, m, tflite=tfl, **kwargs)
         name = _name_ok(name or f"compare-{len(self.comparisons) + 1}")
-        record = {"kind": "edge-workbench/comparison", "schema": 1, "created": _now(),
-                  "inputs": {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint(),
-                             "tflite": tflite},
-                  "result": c.to_json()}
-        atomic_write_json(self.root / "comparisons" / f"{name}.json", record)
-        self.comparisons[name] = record
+        inputs = {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint(), "tflite": tflite}
+        self.comparisons[name] = self._record("comparison", self.root / "comparisons" / f"{name}.json", inputs,
+                                              c.to_json())
         return c
+
+    def _record(self, kind: str, path: Path, inputs: dict, result: dict, **extra) -> dict:
+        """Writes one result with what it was computed from (atomically); returns the record."""
+        record = {"kind": f"edge-workbench/{kind}", "schema": 1, "created": _now(), **extra, "inputs": inputs,
+                  "result": result}
+        atomic_write_json(path, record)
+        return record
 
     def comparison(self, name: str):
         """A recorded comparison as a Comparison (plots and verdict work; nothing recomputed)."""
@@ -557,10 +561,7 @@ class Workbench:
         table = compare_paths(m, out=self.root / "conversions", manifest_extra={"inputs": inputs}, **kwargs)
         recipe = table.recipe if isinstance(table.recipe, str) else "mixed"
         name = _name_ok(name or f"{recipe}-kv{table.kv}")
-        record = {"kind": "edge-workbench/paths", "schema": 1, "created": _now(), "inputs": inputs,
-                  "result": table.to_json()}
-        atomic_write_json(self.root / "paths" / f"{name}.json", record)
-        self.paths[name] = record
+        self.paths[name] = self._record("paths", self.root / "paths" / f"{name}.json", inputs, table.to_json())
         return table
 
     def paths_table(self, name: str):
@@ -582,9 +583,8 @@ class Workbench:
         out = self.root / "bundles" / f"{name}{SUFFIXES.get(format, '')}"
         out.parent.mkdir(exist_ok=True)
         res = bundle(tflite, self.checkpoint_path(), format=format, out=out, **kwargs)
-        record = {"kind": "edge-workbench/bundle", "schema": 1, "created": _now(), "conversion": name,
-                  "inputs": self.conversions[name].get("inputs", {}), "result": {**res.to_json(), "path": out.name}}
-        atomic_write_json(out.with_name(out.name + ".json"), record)
+        self._record("bundle", out.with_name(out.name + ".json"), self.conversions[name].get("inputs", {}),
+                     {**res.to_json(), "path": out.name}, conversion=name)
         return res
 
     def latest_conversion(self) -> str:
