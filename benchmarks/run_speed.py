@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--recipe", default="dynamic_int8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv", type=int, default=256)
+    ap.add_argument("--folder", type=Path, default=None,
+                    help="an existing llama-shaped checkpoint instead (e.g. benchmarks/_work/tinyllama-1.1b)")
     args = ap.parse_args()
     from workbench._quiet import import_stack
 
@@ -93,7 +95,7 @@ def main() -> None:
     from workbench.mapping import Mapping
     from workbench.runner import Runner
 
-    folder = llama_checkpoint(args.layers, args.hidden)
+    folder = args.folder or llama_checkpoint(args.layers, args.hidden)
     tiny = HERE.parent / "sample_models" / "llama-tiny"
     for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         if (tiny / f).exists() and not (folder / f).exists():
@@ -122,7 +124,7 @@ def main() -> None:
     step_bytes = size - (0 if bp.tie_embeddings else emb)
     bw = bandwidth_gbs()
     bound = bw * 1e9 / step_bytes
-    print(f"decode speed: llama {args.layers} x {args.hidden} ({params / 1e6:.0f}M params), {args.recipe}, "
+    print(f"decode speed: llama {bp.num_layers} x {bp.hidden_size} ({params / 1e6:.0f}M params), {args.recipe}, "
           f"kv {args.kv}, {args.threads} threads, {STEPS} steps after a 16-token prompt (median of 3)")
     print(f"  machine: copy bandwidth {bw:.1f} GB/s; a decode step reads ~{step_bytes / 1e6:.0f} MB "
           f"-> bound {bound:.0f} tok/s")

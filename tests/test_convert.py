@@ -335,7 +335,7 @@ def test_compare_accepts_the_converted_model(conversions, samples):
 
 
 def test_peak_memory_estimate_and_warning(samples, monkeypatch):
-    """The estimate follows the measured growth (1.1B TinyLlama shape: 6.1 GB measured on
+    """The estimate follows the measured growth (1.1B TinyLlama shape: 6.3 GB measured on
     the re-authored route, 14.2 GB for export_hf); a warning appears when it exceeds what
     the machine has free, in the convert panel too."""
     import psutil
@@ -344,10 +344,10 @@ def test_peak_memory_estimate_and_warning(samples, monkeypatch):
     from workbench_widgets import ConvertPanel
 
     big = Blueprint.preset("tinyllama-1.1b")
-    assert 5.5e9 < estimate_peak_bytes(big) < 7.0e9
-    assert 13e9 < estimate_peak_bytes(big, "export_hf") < 15.5e9
+    assert 6.3e9 < estimate_peak_bytes(big) < 7.0e9
+    assert 14.7e9 < estimate_peak_bytes(big, "export_hf") < 15.5e9
     small = Blueprint.from_hf(samples["llama"])
-    assert estimate_peak_bytes(small) < 2e9 and memory_warning(estimate_peak_bytes(small)) == ""
+    assert estimate_peak_bytes(small) < 3e9 and memory_warning(estimate_peak_bytes(small)) == ""
 
     class Tight:
         available = 1_000_000_000
