@@ -80,9 +80,11 @@ def test_cli_convert_path_export_hf_returns_the_same_keys(samples, tmp_path, cap
     _, results = conversions
     assert cli.main(["convert", str(samples["qwen2"]), "--path", "export_hf", "--recipe", "none", "--prefill", "8",
                      "--kv", "32", "--out", str(tmp_path), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert set(out) == set(results[("qwen2", "none")].to_json())
     assert out["check"]["max_abs_diff"] <= 1e-4 and out["path"].endswith("_export_hf.tflite")
+    assert "estimated peak memory:" in captured.err  # shown before converting
 
 
 def _no_partials(folder):
