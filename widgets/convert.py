@@ -79,12 +79,13 @@ class ConvertPanel(W.VBox):
         self.error_figure = go.FigureWidget()
         self.error_figure.layout.height = 10
         self.error_table = W.HTML()
-        self.use_proposal_button = W.Button(description="Use proposed recipe", icon="magic", disabled=True)
+        self.use_proposal_button = W.Button(description="Use proposed recipe", icon="magic", disabled=True,
+                                            layout=W.Layout(width="200px"))
         self.use_proposal_button.on_click(lambda _: self.use_proposal())
         self.path = W.ToggleButtons(options=[("re-authored", "reauthored"), ("direct export (export_hf)", "export_hf")],
                                     value="reauthored", description="path", style={"description_width": "80px",
                                                                                    "button_width": "190px"})
-        self.paths_button = W.Button(description="Compare both paths", icon="columns",
+        self.paths_button = W.Button(description="Compare both paths", icon="columns", layout=W.Layout(width="190px"),
                                      tooltip="convert both ways with this recipe and lengths, then measure both")
         self.paths_button.on_click(lambda _: self.compare_paths())
         self.paths_html = W.HTML()
