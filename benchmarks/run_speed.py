@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="dynamic_int8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each row is their median")
     ap.add_argument("--folder", type=Path, default=None,
                     help="an existing llama-shaped checkpoint instead (e.g. benchmarks/_work/tinyllama-1.1b)")
     args = ap.parse_args()
@@ -110,14 +111,19 @@ def main() -> None:
             res = convert(m, recipe=args.recipe, prefill=[16], kv=args.kv, out=tmp, path=path, analyze=False,
                           check_steps=0).result()
             files[path] = res.path
-        rows = {}
-        for path, f in files.items():
-            r = Runner(f, threads=args.threads)
+        # Interleaved rounds (A, B, C, D, A, B, ...), median per row: this machine is shared and
+        # its speed drifts, so rows measured one after another would carry the drift.
+        runners = {path: Runner(f, threads=args.threads) for path, f in files.items()}
+        for r in runners.values():
             r.generate(ids=prompt, max_new_tokens=8)  # warm up
-            speeds = sorted(r.generate(ids=prompt, max_new_tokens=STEPS + 1).decode_tok_s for _ in range(3))
-            rows[f"Runner, {path}"] = speeds[1]
-            rows[f"signature runner directly, {path}"] = sorted(
-                direct_decode_tok_s(f, args.threads, prompt) for _ in range(3))[1]
+        samples: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for path, f in files.items():
+                samples.setdefault(f"Runner, {path}", []).append(
+                    runners[path].generate(ids=prompt, max_new_tokens=STEPS + 1).decode_tok_s)
+                samples.setdefault(f"signature runner directly, {path}", []).append(
+                    direct_decode_tok_s(f, args.threads, prompt))
+        rows = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
         rows["PyTorch eager (re-authored)"] = torch_decode_tok_s(m, prompt, args.threads)
         size = files["reauthored"].stat().st_size
     emb = bp.vocab_size * bp.hidden_size * (1 if args.recipe.endswith("int8") else 4)
@@ -125,7 +131,8 @@ def main() -> None:
     bw = bandwidth_gbs()
     bound = bw * 1e9 / step_bytes
     print(f"decode speed: llama {bp.num_layers} x {bp.hidden_size} ({params / 1e6:.0f}M params), {args.recipe}, "
-          f"kv {args.kv}, {args.threads} threads, {STEPS} steps after a 16-token prompt (median of 3)")
+          f"kv {args.kv}, {args.threads} threads, {STEPS} steps after a 16-token prompt "
+          f"(median of {args.rounds} interleaved rounds)")
     print(f"  machine: copy bandwidth {bw:.1f} GB/s; a decode step reads ~{step_bytes / 1e6:.0f} MB "
           f"-> bound {bound:.0f} tok/s")
     for name, v in rows.items():
