@@ -219,3 +219,21 @@ def test_panels_on_a_project_record_their_results_and_refuse_stale_inputs(llama_
         wb.save_blueprint()
         assert panel.convert() is None and "stale" in panel.card.value
         assert cp.run() is None and "stale" in cp.verdict_html.value
+
+
+def test_builder_and_mapping_panels_on_a_project(llama_project, tmp_path):
+    from workbench_widgets import BuilderPanel, MappingPanel
+
+    root = _copy(llama_project, tmp_path)
+    with Workbench.open(root) as wb:
+        builder = BuilderPanel.for_project(wb)
+        builder.debounce_s = 0
+        builder.set("kv_cache_length", 16)
+        builder.save_button.click()
+        assert json.loads((root / "blueprint.json").read_text())["model"]["kv_cache_length"] == 16
+        assert "Stale now: mapping" in builder.message.value and wb.status()["mapping"] == "stale"
+        mp = MappingPanel.for_project(wb)
+        assert mp.save_path.disabled
+        mp.save_button.click()
+        assert "Saved to the project" in mp.message.value and wb.status()["mapping"] == "fresh"
+        assert wb.status()["comparisons"] == "stale"  # computed from the older blueprint

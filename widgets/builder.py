@@ -172,6 +172,30 @@ class BuilderPanel(W.VBox):
     def from_preset(cls, name: str, **kwargs: Any) -> "BuilderPanel":
         return cls(Blueprint.preset(name), **kwargs)
 
+    @classmethod
+    def for_project(cls, wb, **kwargs: Any) -> "BuilderPanel":
+        """A panel on a project's blueprint, with a button that saves the edits there (what
+        was computed from the older blueprint then reads as stale)."""
+        panel = cls(wb.blueprint, **kwargs)
+        panel.project = wb
+        panel.save_button = W.Button(description="Save to project", icon="save", layout=W.Layout(width="170px"))
+        panel.save_button.on_click(lambda _: panel.save_to_project())
+        panel.children = (*panel.children[:-1], panel.save_button, panel.children[-1])
+        return panel
+
+    def save_to_project(self) -> bool:
+        """Saves the edited blueprint into the project; says what turned stale."""
+        wb = self.project
+        try:
+            wb.blueprint = self.blueprint
+            wb.save_blueprint()
+        except WorkbenchError as e:
+            self._say(html.escape(str(e)), error=True)
+            return False
+        stale = [k for k, v in wb.status().items() if v == "stale"]
+        self._say("Saved to the project." + (f" Stale now: {', '.join(stale)}." if stale else ""))
+        return True
+
     # ---- actions (what the buttons and fields do) ----------------------------------
     def set(self, field: str, value: Any) -> None:
         """Sets a knob for every layer, as typing in its field does."""

@@ -171,7 +171,24 @@ class MappingPanel(W.VBox):
         self.loaded = True
         return self.model
 
+    @classmethod
+    def for_project(cls, wb, **kwargs: Any) -> "MappingPanel":
+        """A panel on a project's mapping; Save records it in the project (reviewed against
+        the current blueprint), with the emitted Python beside it."""
+        panel = cls(wb.mapping, **kwargs)
+        panel.project = wb
+        panel.save_path.value, panel.save_path.disabled = "mapping.json (in the project)", True
+        return panel
+
     def save(self, path: str | Path) -> Optional[Path]:
+        if getattr(self, "project", None) is not None:
+            try:
+                self.project.save_mapping(self.mapping)
+            except WorkbenchError as e:
+                return self._say(html.escape(str(e)), error=True)
+            p = self.project.root / "mapping.json"
+            self._say(f"Saved to the project: <code>{html.escape(str(p))}</code> (and <code>model.py</code>).")
+            return p
         try:
             p = self.mapping.save(path)
         except OSError as e:
