@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / "_work"
+sys.path.insert(0, str(HERE))
+from _models import WORK, add_sample_tokenizer, run_sampled  # noqa: E402
 SIZES = {  # name -> (layers, hidden, intermediate, heads, kv heads, vocab)
     "44M": (12, 512, 1376, 8, 4, 8000),
     "156M": (12, 1024, 2816, 16, 4, 8000),
@@ -92,52 +88,23 @@ def checkpoint(name: str) -> Path:
                 p.normal_(0, 0.02)
         model.save_pretrained(folder, max_shard_size="1GB")
         del model
-    tiny = HERE.parent / "sample_models" / "llama-tiny"  # export_hf needs a tokenizer in the folder
-    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
-        if (tiny / f).exists() and not (folder / f).exists():
-            shutil.copy(tiny / f, folder / f)
-    return folder
+    return add_sample_tokenizer(folder)  # export_hf needs a tokenizer in the folder
 
 
 def measure(code: str, folder: Path, limit: float) -> dict:
-    import psutil
-
     out = Path(tempfile.mkdtemp(prefix="ewb-mem-"))
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    peak, killed = [0], [False]
-
-    def sample() -> None:
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-            except psutil.Error:
-                rss = 0
-            peak[0] = max(peak[0], rss)
-            if rss > limit * 1e9 and not killed[0]:
-                killed[0] = True
-                os.killpg(proc.pid, signal.SIGKILL)
-            time.sleep(0.1)
-
-    t = time.time()
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    stdout, _ = proc.communicate()
-    th.join()
-    seconds = time.time() - t
+    r = run_sampled([sys.executable, "-c", code, str(folder), str(out)], limit_bytes=limit * 1e9)
     shutil.rmtree(out, ignore_errors=True)
-    lines = dict(line.split(" ", 1) for line in stdout.splitlines() if line.startswith(("PEAK", "CHECK")))
-    if killed[0]:
-        return {"result": f"killed at {peak[0] / 1e9:.1f} GB", "peak": peak[0], "seconds": seconds}
-    if proc.returncode != 0:
-        return {"result": f"failed (exit {proc.returncode}) at {peak[0] / 1e9:.1f} GB", "peak": peak[0],
-                "seconds": seconds}
+    peak, seconds = r["peak"], r["seconds"]
+    lines = dict(line.split(" ", 1) for line in r["stdout"].splitlines() if line.startswith(("PEAK", "CHECK")))
+    if r["killed"]:
+        return {"result": f"killed at {peak / 1e9:.1f} GB", "peak": peak, "seconds": seconds}
+    if r["returncode"] != 0:
+        return {"result": f"failed (exit {r['returncode']}) at {peak / 1e9:.1f} GB", "peak": peak, "seconds": seconds}
     own = int(lines.get("PEAK", "0"))
     # ours: the job's own figure, the converting child's (the script's parent process only
     # holds the imports and waits); the others convert in the measured process itself.
-    value = own if code is OURS else max(peak[0], own)
+    value = own if code is OURS else max(peak, own)
     return {"result": "ok", "peak": value, "seconds": seconds, "check": lines.get("CHECK")}
 
 

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _models import llama_checkpoint  # noqa: E402
+from _models import llama_checkpoint, run_sampled  # noqa: E402
 
 LITERT = textwrap.dedent("""
     import json, sys, time
@@ -61,30 +59,10 @@ WORKBENCH = textwrap.dedent("""
 
 def measure(code: str, args: list[str]) -> dict:
     """Runs `code` in a fresh process; its own figures plus the process tree's sampled peak RSS."""
-    import psutil
-
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    peak = [0]
-
-    def sample():
-        p = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                peak[0] = max(peak[0], sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-    t = threading.Thread(target=sample, daemon=True)
-    start = time.time()
-    t.start()
-    out, _ = proc.communicate()
-    wall = time.time() - start
-    t.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}")
-    return {**json.loads(out.strip().splitlines()[-1]), "tree_peak": peak[0], "wall": wall}
+    r = run_sampled([sys.executable, "-c", code, *args])
+    if r["returncode"] != 0:
+        raise RuntimeError(f"exit {r['returncode']}")
+    return {**json.loads(r["stdout"].strip().splitlines()[-1]), "tree_peak": r["peak"], "wall": r["seconds"]}
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ Runner overhead <= 5%.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _models import llama_checkpoint  # noqa: E402
+from _models import add_sample_tokenizer, llama_checkpoint  # noqa: E402
 
 STEPS = 64
 
@@ -97,10 +96,7 @@ def main() -> None:
     from workbench.runner import Runner
 
     folder = args.folder or llama_checkpoint(args.layers, args.hidden)
-    tiny = HERE.parent / "sample_models" / "llama-tiny"
-    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny / f).exists() and not (folder / f).exists():
-            shutil.copy(tiny / f, folder / f)
+    add_sample_tokenizer(folder)
     bp = Blueprint.from_hf(folder)
     m = Mapping.propose(bp, folder)
     params = bp.summary().params

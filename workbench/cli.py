@@ -26,13 +26,15 @@ def _human_bytes(n: int) -> str:
     return _human(n)
 
 
-def _project(args: argparse.Namespace, write: bool):
-    """The project of `--project DIR` (opened for writing when the command records a result)."""
+def _project(args: argparse.Namespace, write: bool, positional: str = "hf_dir",
+             hint: str = "with --project the project's own checkpoint is used"):
+    """The project of `--project DIR` (opened for writing when the command records a result;
+    closed by `main`). The command's positional argument, if given too, is refused."""
     from workbench.project import Workbench
 
-    if args.hf_dir:
-        raise WorkbenchError(f"give either HF_DIR ({args.hf_dir}) or --project, not both",
-                             hint="with --project the project's own checkpoint is used")
+    given = getattr(args, positional, None)
+    if given:
+        raise WorkbenchError(f"give either {positional.upper()} ({given}) or --project, not both", hint=hint)
     wb = Workbench.open(args.project, readonly=False if write else True)
     args._projects.append(wb)
     return wb
@@ -181,13 +183,7 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
     if wb is None:
         m = Mapping.open(args.mapping, checkpoint=args.hf_dir) if args.mapping else \
             Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
-    try:
-        prefill = [int(p) for p in str(args.prefill).split(",") if p.strip()]
-    except ValueError:
-        from workbench.convert import ConversionError
-
-        raise ConversionError(f"--prefill {args.prefill!r} is not a list of lengths", hint="e.g. --prefill 8,64") \
-            from None
+    prefill = _prefill(args.prefill)
     last = [""]
 
     def progress(stage: str, done: int, total: int, detail: str = "") -> None:
@@ -270,14 +266,14 @@ def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
     return table.to_json(), "\n".join(lines)
 
 
+_PICK_CONVERSION = "with --project, --conversion NAME picks one of its conversions"
+
+
 def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.runner import Runner
 
     if args.project:
-        if args.model:
-            raise WorkbenchError(f"give either MODEL ({args.model}) or --project, not both",
-                                 hint="with --project, --conversion NAME picks one of its conversions")
-        wb = _open_for(args, write=False)
+        wb = _project(args, write=False, positional="model", hint=_PICK_CONVERSION)
         model = wb.conversion_path(args.conversion or wb.latest_conversion())
         tokenizer = args.tokenizer or wb.checkpoint_path()
     else:
@@ -307,10 +303,7 @@ def cmd_bundle(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.bundle import bundle
 
     if args.project:
-        if args.model:
-            raise WorkbenchError(f"give either MODEL ({args.model}) or --project, not both",
-                                 hint="with --project, --conversion NAME picks one of its conversions")
-        res = _open_for(args, write=True).bundle(args.format, conversion=args.conversion)
+        res = _project(args, write=True, positional="model", hint=_PICK_CONVERSION).bundle(args.format, conversion=args.conversion)
     else:
         if not args.model or not args.tokenizer:
             raise WorkbenchError("bundle needs a model and its tokenizer",
@@ -320,14 +313,6 @@ def cmd_bundle(args: argparse.Namespace) -> tuple[dict, str]:
     return res.to_json(), (f"wrote {res.path} ({res.size_bytes:,} bytes, {res.format}); reopened: model decodes "
                            f"{'finite' if c.get('decode_finite') else 'NOT finite'}, tokenizer round-trip "
                            f"{'ok' if c.get('tokenizer_roundtrip') else 'FAILED'}")
-
-
-def _open_for(args: argparse.Namespace, write: bool):
-    from workbench.project import Workbench
-
-    wb = Workbench.open(args.project, readonly=False if write else True)
-    args._projects.append(wb)
-    return wb
 
 
 def cmd_new(args: argparse.Namespace) -> tuple[dict, str]:
@@ -341,10 +326,7 @@ def cmd_new(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
-    from workbench.project import Workbench
-
-    wb = Workbench.open(args.project, readonly=True)
-    args._projects.append(wb)
+    wb = _project(args, write=False)
     d = wb.status(detail=True)
     lines = [f"{wb.root} ({wb._data.get('name')})"]
     lines += [f"  {k:<12} {v}" + (f"  ({d['why'][k]})" if k in d["why"] else "") for k, v in d["steps"].items()]
