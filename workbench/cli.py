@@ -266,6 +266,59 @@ def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
     return table.to_json(), "\n".join(lines)
 
 
+def _finite(obj: Any) -> Any:
+    """JSON-safe: NaN and infinities (a diverged recipe's error) become None."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
+    from workbench.sweep import COLUMNS, sweep
+
+    _need_source(args)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+
+    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
+        print(f"[{done}/{total}] {stage}: {detail}", file=sys.stderr, flush=True)
+
+    kw = dict(paths=paths, prefill=_prefill(args.prefill), kv=args.kv, threads=args.threads, fresh=args.fresh)
+    run = dict(executor=args.dask, parallel=args.parallel, progress=progress, retry_failed=args.retry_failed,
+               dask_timeout=args.dask_timeout)
+    if args.project:
+        if args.out:
+            raise WorkbenchError("--out is for a sweep of HF_DIR; a project's sweep lives in the project "
+                                 "(sweeps/NAME.json, models in conversions/)", hint="drop --out, or sweep HF_DIR")
+        s = _project(args, write=True).sweep(args.name, recipes, **kw, **run)
+    else:
+        s = sweep(args.hf_dir, recipes, out=args.out or "out/sweep", **kw, **run)
+    if args.pick:
+        s.pick(args.pick)
+    rows = [s.rows[k] for k in s.labels if k in s.rows]
+    lines = [f"{'recipe':<28}" + "".join(f"{label[:13]:>14}" for _, label, _, _ in COLUMNS)]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"{r['label']:<28}  failed: {r.get('error')}")
+            continue
+        cells = []
+        for key, _, _, scale in COLUMNS:
+            v = r.get(key)
+            text = "-" if v is None else (f"{v:.2g}" if key.startswith(("err", "top1")) else f"{v / (scale or 1):,.2f}")
+            cells.append(f"{text:>14}")
+        lines.append(f"{r['label']:<28}" + "".join(cells))
+    lines.append(f"Pareto front: {', '.join(s.pareto()) or 'none'}" + (f"; chosen: {s.chosen}" if s.chosen else ""))
+    lines += [f"note: {n}" for n in s.notes]
+    return _finite({"rows": rows, "pareto": s.pareto(), "chosen": s.chosen, "notes": s.notes,
+                    "record": str(s.record_path), "settings": s.settings}), "\n".join(lines)
+
+
 _PICK_CONVERSION = "with --project, --conversion NAME picks one of its conversions"
 
 
@@ -343,6 +396,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "run": cmd_run,
     "bundle": cmd_bundle,
     "paths": cmd_paths,
+    "sweep": cmd_sweep,
     "status": cmd_status,
     "blueprint": cmd_blueprint,
     "families": cmd_families,
@@ -427,6 +481,27 @@ def parser() -> argparse.ArgumentParser:
     pa.add_argument("--threads", type=int, default=2, help="threads for the speed figures (default 2)")
     pa.add_argument("--out", default="out", help="output folder (default out/)")
     pa.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sw = sub.add_parser("sweep", help="convert, check and time several recipes: one table, the Pareto front")
+    sw.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (with its tokenizer)")
+    sw.add_argument("--project", default=None, help="a project folder instead of HF_DIR; rows are recorded there")
+    sw.add_argument("--recipes", default="none,dynamic_int8,fp16,int8_ff_int4",
+                    help="comma-separated scheme names, presets (int8_ff_int4, int8_edges_fp16, int4_attn_int8) "
+                         "or NAME@export_hf (default none,dynamic_int8,fp16,int8_ff_int4)")
+    sw.add_argument("--paths", default="reauthored", help="conversion paths for every recipe: reauthored, "
+                                                          "export_hf or both, comma-separated")
+    sw.add_argument("--out", default=None, help="the sweep folder for HF_DIR (default out/sweep)")
+    sw.add_argument("--name", default=None, help="with --project: the sweep's name (default sweep)")
+    sw.add_argument("--prefill", default="8", help="prefill lengths, comma-separated (default 8)")
+    sw.add_argument("--kv", type=int, default=256, help="KV cache length (default 256)")
+    sw.add_argument("--threads", type=int, default=2, help="threads for each run's speed (default 2)")
+    sw.add_argument("--parallel", type=int, default=None, help="recipes at once (default: as cores and memory "
+                                                               "allow; on Dask, all)")
+    sw.add_argument("--dask", default=None, help="a Dask scheduler address (tcp://host:8786) to spread recipes")
+    sw.add_argument("--dask-timeout", type=float, default=10.0, help="seconds to wait for the scheduler")
+    sw.add_argument("--retry-failed", action="store_true", help="run failed rows again (done rows are kept)")
+    sw.add_argument("--fresh", action="store_true", help="start over instead of resuming a saved sweep")
+    sw.add_argument("--pick", default=None, help="mark this recipe's model as chosen (a project's default model)")
+    sw.add_argument("--json", action="store_true", help="one JSON object on stdout")
     n = sub.add_parser("new", help="create a project folder from a Hugging Face model folder")
     n.add_argument("dir", help="the project folder (new or empty)")
     n.add_argument("--from", dest="from_hf", required=True, help="the Hugging Face model folder")
@@ -461,7 +536,8 @@ def _run(args: argparse.Namespace) -> int:
         out, text = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         if args.json:
-            emit({"error": "interrupted", "hint": "the job was cancelled; nothing was written"})
+            emit({"error": "interrupted", "hint": "finished rows are saved: run the same command again to resume"
+                  if args.command == "sweep" else "the job was cancelled; nothing was written"})
         return 130
     except WorkbenchError as e:
         print(f"edge-workbench {args.command}: {e}", file=sys.stderr)

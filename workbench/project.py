@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 PROJECT_FILE = "workbench.json"
 LOCK_FILE = ".workbench.lock"
 KIND = "edge-workbench/project"
-STEPS = ("blueprint", "mapping", "comparisons", "conversions", "paths")
+STEPS = ("blueprint", "mapping", "comparisons", "conversions", "paths", "sweeps")
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
 # The lock and what a killed process may leave are never part of a project's history.
 GITIGNORE = f"{LOCK_FILE}\n.*.tmp-*\n.*.partial-*\n"
@@ -194,6 +194,7 @@ class Workbench:
         self._mapping_data: Optional[dict] = None
         self.comparisons: dict[str, dict] = {}
         self.paths: dict[str, dict] = {}  # re-authored vs direct export tables
+        self.sweeps: dict[str, dict] = {}  # recipe sweeps (rows saved as they finish)
         self.problems: list[str] = []  # what could not be read, each naming the file
 
     # ---- opening ----------------------------------------------------------------
@@ -310,7 +311,7 @@ class Workbench:
                 self._mapping_data = read_json(mp, "the mapping")
             except ProjectError as e:
                 self.problems.append(f"mapping.json: {e.message}")
-        for kind, store in (("comparisons", self.comparisons), ("paths", self.paths)):
+        for kind, store in (("comparisons", self.comparisons), ("paths", self.paths), ("sweeps", self.sweeps)):
             for f in sorted((self.root / kind).glob("*.json")):
                 try:
                     store[f.stem] = read_json(f, f"{kind[:-1]} {f.stem}")
@@ -464,9 +465,14 @@ class Workbench:
         paths = {n: self._result_state(t.get("inputs", {}), cur) for n, t in self.paths.items()}
         newest_paths = max(paths, key=lambda n: self.paths[n].get("created", ""), default=None)
         steps["paths"] = paths[newest_paths] if newest_paths else MISSING
+        self._reload_sweeps()
+        sweeps = {n: self._result_state(t.get("inputs", {}), cur) for n, t in self.sweeps.items()}
+        newest_sweep = max(sweeps, key=lambda n: self.sweeps[n].get("created", ""), default=None)
+        steps["sweeps"] = sweeps[newest_sweep] if newest_sweep else MISSING
         if not detail:
             return steps
-        return {"steps": steps, "comparisons": comps, "conversions": convs, "paths": paths, "why": why,
+        return {"steps": steps, "comparisons": comps, "conversions": convs, "paths": paths, "sweeps": sweeps,
+                "chosen": self.chosen, "why": why,
                 "problems": list(self.problems), "readonly": self.readonly, "notice": self.notice,
                 "leftovers": [str(p.relative_to(self.root)) for p in self.leftovers()]}
 
@@ -480,7 +486,8 @@ class Workbench:
         """Half-written files a killed process left (never read as results)."""
         pats = (".*.tmp-*", ".*.partial-*")
         out: list[Path] = []
-        for sub in (self.root, *(self.root / d for d in ("comparisons", "conversions", "paths", "bundles"))):
+        for sub in (self.root, *(self.root / d for d in ("comparisons", "conversions", "paths", "bundles", "sweeps",
+                                                         "exports"))):
             for pat in pats:
                 out += sorted(sub.glob(pat))
         return out
@@ -572,6 +579,65 @@ class Workbench:
             raise ProjectError(f"no paths table named {name!r}", hint=f"recorded: {', '.join(self.paths) or 'none'}")
         return PathComparison.from_json(self.paths[name]["result"])
 
+    def _reload_sweeps(self) -> None:
+        """A sweep saves rows from its own thread (or another process): read them afresh."""
+        for f in sorted((self.root / "sweeps").glob("*.json")):
+            try:
+                self.sweeps[f.stem] = read_json(f, f"sweep {f.stem}")
+            except ProjectError:
+                pass
+
+    def prepare_sweep(self, name: Optional[str] = None, recipes=("none", "dynamic_int8", "fp16", "int8_ff_int4"), *,
+                      allow_stale: bool = False, **kwargs):
+        """A recipe sweep of the project's model, ready to `run()` (see `workbench.sweep`):
+        models go to conversions/ as `sweep-NAME-LABEL`, rows to sweeps/NAME.json as they
+        finish; a sweep of the same name and settings resumes."""
+        from workbench.sweep import prepare
+
+        self._writable()
+        m = self._require_fresh_mapping(allow_stale)
+        name = _name_ok(name or "sweep")
+        inputs = {"blueprint": self.blueprint.fingerprint(), "mapping": m.fingerprint()}
+        (self.root / "sweeps").mkdir(exist_ok=True)
+        s = prepare(m, recipes, out=self.root / "conversions", record_path=self.root / "sweeps" / f"{name}.json",
+                    file_prefix=f"sweep-{name}-", manifest_extra={"inputs": inputs, "sweep": name}, project=self,
+                    **kwargs)
+        self._reload_sweeps()
+        return s
+
+    def sweep(self, name: Optional[str] = None, recipes=("none", "dynamic_int8", "fp16", "int8_ff_int4"), *,
+              executor=None, parallel: Optional[int] = None, progress=None, retry_failed: bool = False,
+              dask_timeout: float = 10.0, allow_stale: bool = False, **kwargs):
+        """Prepares and runs a recipe sweep (see `prepare_sweep`); returns the Sweep."""
+        s = self.prepare_sweep(name, recipes, allow_stale=allow_stale, **kwargs)
+        s.run(executor=executor, parallel=parallel, progress=progress, retry_failed=retry_failed,
+              dask_timeout=dask_timeout)
+        self._reload_sweeps()
+        return s
+
+    def sweep_table(self, name: str = "sweep"):
+        """A recorded sweep (table, plot, Pareto front; nothing recomputed)."""
+        from workbench.sweep import Sweep
+
+        self._reload_sweeps()
+        if name not in self.sweeps:
+            raise ProjectError(f"no sweep named {name!r}", hint=f"recorded: {', '.join(self.sweeps) or 'none'}")
+        return Sweep.load(self.root / "sweeps" / f"{name}.json", project=self)
+
+    @property
+    def chosen(self) -> Optional[str]:
+        """The conversion picked as the project's model (from a sweep, or `choose`)."""
+        return self._data.get("chosen")
+
+    def choose(self, conversion: Optional[str]) -> None:
+        """Marks a conversion as the project's model: run and bundle take it by default.
+        None clears the choice (the newest fresh conversion is taken again)."""
+        self._writable()
+        if conversion is not None:
+            self.conversion_path(conversion)  # refuses a missing, damaged or stale one
+        self._data = {**self._data, "chosen": conversion}
+        atomic_write_json(self.root / PROJECT_FILE, self._data)
+
     def bundle(self, format: str = "litertlm", conversion: Optional[str] = None, **kwargs):
         """Bundles a conversion (default: the newest fresh one) with the checkpoint's tokenizer
         into bundles/, checked; a record beside it says what it was made from."""
@@ -588,8 +654,11 @@ class Workbench:
         return res
 
     def latest_conversion(self) -> str:
-        """The newest fresh conversion's name (what `run` and `bundle` take by default)."""
+        """What `run` and `bundle` take by default: the chosen conversion when it is still
+        fresh, else the newest fresh one."""
         states = self.status(detail=True)["conversions"]
+        if self.chosen and states.get(self.chosen) == FRESH:
+            return self.chosen
         fresh = [n for n, st in states.items() if st == FRESH]
         if not fresh:
             raise ProjectError("the project has no fresh conversion" + (
@@ -626,8 +695,9 @@ class Workbench:
         for step, state in d["steps"].items():
             rows.append(f"<tr><td><b>{step}</b></td><td style='color:{color[state]}'>{state}</td>"
                         f"<td>{html.escape(str(d['why'].get(step, '')))}</td></tr>")
-            for name, st in d.get(step, {}).items() if step in ("comparisons", "conversions", "paths") else ():
-                why = d["why"].get(f"{step}/{name}", "")
+            for name, st in d.get(step, {}).items() if step in ("comparisons", "conversions", "paths", "sweeps") else ():
+                why = d["why"].get(f"{step}/{name}", "") or ("chosen model" if step == "conversions"
+                                                               and name == d["chosen"] else "")
                 rows.append(f"<tr><td>&nbsp;&nbsp;{html.escape(name)}</td><td style='color:{color[st]}'>{st}</td>"
                             f"<td>{html.escape(why)}</td></tr>")
         notes = d["problems"] + [f"leftover of a killed process: {x}" for x in d["leftovers"]]
