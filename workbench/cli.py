@@ -391,12 +391,57 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
     return d, "\n".join(lines)
 
 
+
+def cmd_explore(args: argparse.Namespace) -> tuple[dict, str]:
+    """Exports the graphs, starts the guarded Model Explorer server, prints its URL (with the
+    secret) as soon as it answers, and serves until interrupted."""
+    import time
+
+    from workbench.explore import Explorer
+
+    _need_source(args)
+    source = _project(args, write=False) if args.project else args.hf_dir
+
+    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
+        print(f"[{done + 1}/{total}] {stage}: {detail}", file=sys.stderr, flush=True)
+
+    ex = Explorer(source, port=args.port, tflite=args.tflite)
+    try:
+        graphs = ex.export(None, progress)
+        for name, g in graphs.items():
+            if not g.ok:
+                print(f"{name}: {g.error}" + (f"\n  fix: {g.hint}" if g.hint else ""), file=sys.stderr)
+        url = ex.url([n for n, g in graphs.items() if g.ok])
+        out = {"url": url, "graphs": {n: g.to_json() for n, g in graphs.items()}, "port": ex.server.port,
+               "pid": ex.server.pid}
+        if args.json:
+            emit(out)
+        else:
+            print(url, flush=True)
+        args._streamed = True  # printed already: _run prints nothing more
+        print(f"Model Explorer on 127.0.0.1:{ex.server.port} (pid {ex.server.pid}); Ctrl-C stops it",
+              file=sys.stderr, flush=True)
+        while ex.server.alive():
+            time.sleep(0.5)
+        print(f"edge-workbench explore: the Model Explorer server stopped (status {ex.server.proc.returncode})",
+              file=sys.stderr)
+        args._exit_code = EXIT_CRASH
+    except KeyboardInterrupt:
+        if not getattr(args, "_streamed", False):
+            raise
+        out = {}
+    finally:
+        ex.close()
+    return out, ""
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "new": cmd_new,
     "run": cmd_run,
     "bundle": cmd_bundle,
     "paths": cmd_paths,
     "sweep": cmd_sweep,
+    "explore": cmd_explore,
     "status": cmd_status,
     "blueprint": cmd_blueprint,
     "families": cmd_families,
@@ -502,6 +547,15 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--fresh", action="store_true", help="start over instead of resuming a saved sweep")
     sw.add_argument("--pick", default=None, help="mark this recipe's model as chosen (a project's default model)")
     sw.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ex = sub.add_parser("explore", help="the original, re-authored and converted graphs in Model Explorer "
+                                        "(127.0.0.1, behind a secret)")
+    ex.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder")
+    ex.add_argument("--project", default=None, help="a project folder instead of HF_DIR (its newest fresh "
+                                                    "conversion is shown too)")
+    ex.add_argument("--tflite", default=None, help="a converted .tflite to show (default with --project: the "
+                                                   "project's newest fresh conversion)")
+    ex.add_argument("--port", type=int, default=None, help="the port to try first (taken: another is picked)")
+    ex.add_argument("--json", action="store_true", help="one JSON line (url, graphs), then serve")
     n = sub.add_parser("new", help="create a project folder from a Hugging Face model folder")
     n.add_argument("dir", help="the project folder (new or empty)")
     n.add_argument("--from", dest="from_hf", required=True, help="the Hugging Face model folder")
@@ -552,6 +606,8 @@ def _run(args: argparse.Namespace) -> int:
             emit({"error": f"{type(e).__name__}: {e}", "hint": "this is a bug in Edge Workbench: please report it "
                   "with the command and the traceback above"})
         return EXIT_CRASH
+    if getattr(args, "_streamed", False):  # the command printed its output as it went (explore)
+        return getattr(args, "_exit_code", 0)
     try:
         if args.json:
             emit(out)

@@ -1,0 +1,456 @@
+"""Model Explorer beside the notebook: original, re-authored and converted graphs side by side.
+
+    ex = Explorer(wb)                  # a Workbench, a project folder or a Hugging Face folder
+    ex.show(["original", "reauthored", "tflite"], height=600, layout="split")   # inline, in a cell
+    ex.url(["original", "reauthored"]) # the same view for a browser tab (carries its secret)
+    ex.close()                         # or let the kernel end: the server ends with it
+
+One Model Explorer server per kernel (`workbench.explore_server`, a child process we own,
+on 127.0.0.1, behind a guard that wants the session's secret), started in the background
+and reused by every Explorer; nothing here blocks the kernel for longer than an export.
+Graphs are exported once per content (`workbench.graphs`), and a graph that cannot be
+exported shows as an error card where its pane would be, beside the ones that can.
+
+The view is Model Explorer's own page, addressed by its URL `data` parameter (the models,
+and `uiState.paneStates` for its split view of two panes); a third graph gets a frame of its
+own. The frame's address is built in the browser on the notebook page's own host name
+(127.0.0.1 or localhost, else 127.0.0.1), because the guard's cookie for one is not sent
+to the other. A Jupyter server on another machine needs the port forwarded (see README).
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+from urllib.parse import quote
+
+from workbench.errors import WorkbenchError
+from workbench.explore_server import ALLOW_PATH, HEALTH_OK, HEALTH_PATH, SECRET_HEADER, SECRET_PARAM
+from workbench.graphs import GRAPHS, TITLES, Graph, GraphSources, GraphStore
+from workbench.progress import Progress
+
+LAYOUTS = ("split", "side", "stacked")
+# split:   the first two graphs in Model Explorer's split view; a third in its own frame below
+# side:    the same, the third frame beside the split one
+# stacked: one frame per graph, one under the other
+
+
+class ExploreError(WorkbenchError):
+    """The explorer cannot show what was asked, or its server cannot run."""
+
+
+def cache_dir() -> Path:
+    """Where graphs of a plain Hugging Face folder go (a project keeps its own)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edge-workbench" / "explore"
+
+
+# ---- the server process -----------------------------------------------------------------
+def _stop(proc: subprocess.Popen, folder: str) -> None:
+    """Stops the server (also run at exit and when its handle is collected)."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class ExploreServer:
+    """A guarded Model Explorer server in a child process (started at once, not waited for).
+
+    The child ends when this process ends, however it ends: it watches a pipe on its stdin
+    that only this process holds, and this process's pid; `close()`, interpreter exit and
+    garbage collection stop it too.
+    """
+
+    def __init__(self, port: Optional[int] = None, roots: Sequence[Path] = (), files: Sequence[Path] = ()) -> None:
+        self.secret = secrets.token_urlsafe(24)
+        self.requested_port = port
+        self.port: Optional[int] = None
+        self._dir = tempfile.mkdtemp(prefix="ewb-explore-")  # 0700: the secret file is ours alone
+        secret_file = Path(self._dir) / "secret"
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.secret)
+        self._port_file = Path(self._dir) / "port.json"
+        self.log_path = Path(self._dir) / "server.log"
+        cmd = [sys.executable, "-m", "workbench.explore_server", "--port", str(port or 0),
+               "--secret-file", str(secret_file), "--port-file", str(self._port_file),
+               "--parent-pid", str(os.getpid())]
+        for r in roots:
+            cmd += ["--allow-root", str(r)]
+        for f_ in files:
+            cmd += ["--allow-file", str(f_)]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"})
+        self._finalizer = weakref.finalize(self, _stop, self.proc, self._dir)
+        self._ready = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+    def wait(self, timeout: float = 60) -> "ExploreServer":
+        """Until the server answers its health check (with the secret)."""
+        if self._ready:
+            return self
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.alive():
+                raise ExploreError(f"the Model Explorer server exited (status {self.proc.returncode}) before it "
+                                   f"answered:\n{self._log_tail()}",
+                                   hint="check that ai-edge-model-explorer imports: python -c 'import model_explorer'")
+            if self.port is None and self._port_file.exists():
+                try:
+                    self.port = int(json.loads(self._port_file.read_text())["port"])
+                except (OSError, ValueError, KeyError):
+                    pass
+            if self.port is not None:
+                try:
+                    status, body = self.request(HEALTH_PATH, timeout=2)
+                    if status == 200 and body == HEALTH_OK:
+                        self._ready = True
+                        (Path(self._dir) / "secret").unlink(missing_ok=True)
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise ExploreError(f"the Model Explorer server did not answer within {timeout:.0f} s:\n{self._log_tail()}",
+                           hint="the machine may be busy: try again, or give a longer timeout")
+
+    def base(self, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}"
+
+    def request(self, path: str, data: Optional[bytes] = None, headers: Optional[dict] = None,
+                timeout: float = 10, secret: bool = True) -> tuple[int, str]:
+        """A request to the server as a program makes it (the secret in a header)."""
+        h = {SECRET_HEADER: self.secret} if secret else {}
+        h.update(headers or {})
+        req = urllib.request.Request(self.base() + path, data=data, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def allow(self, roots: Sequence[Path] = (), files: Sequence[Path] = ()) -> None:
+        """Lets the server read more folders or files (graphs shown later)."""
+        self.wait()
+        status, body = self.request(ALLOW_PATH, json.dumps({"roots": [str(r) for r in roots],
+                                                            "files": [str(f) for f in files]}).encode(),
+                                    {"Content-Type": "application/json"})
+        if status != 200:
+            raise ExploreError(f"the Model Explorer server refused new files: {body.strip()}",
+                               hint="close the explorer (ex.close()) and open it again")
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else f"stopped ({self.proc.returncode})"
+        return f"ExploreServer(pid {self.pid}, {self.base() if self.port else 'starting'}, {state})"
+
+
+_LOCK = threading.Lock()
+_SERVER: Optional[ExploreServer] = None
+
+
+def shared_server(port: Optional[int] = None, roots: Sequence[Path] = (), files: Sequence[Path] = ()) -> ExploreServer:
+    """This kernel's server: the running one (told about `roots`/`files`), or a new one."""
+    global _SERVER
+    with _LOCK:
+        if _SERVER is not None and _SERVER.alive():
+            if roots or files:
+                _SERVER.allow(roots, files)
+            return _SERVER
+        _SERVER = ExploreServer(port, roots, files)
+        return _SERVER
+
+
+@atexit.register
+def _close_shared() -> None:
+    if _SERVER is not None:
+        _SERVER.close()
+
+
+# ---- the view ------------------------------------------------------------------------
+def _frame_html(path_query: str, port: int, height: int, width: str, title: str) -> str:
+    """An iframe whose own small document sends it to the server on the notebook page's
+    host name (127.0.0.1 or localhost; anything else falls back to 127.0.0.1). A srcdoc
+    document runs its script even where a notebook front end inserts HTML without running
+    scripts (widgets), and it shares the page's origin, so it can read the host name."""
+    script = ("<script>var h='127.0.0.1';try{var p=window.parent.location.hostname;"
+              "if(p==='localhost'||p==='127.0.0.1'){h=p;}}catch(e){}"
+              f"window.location.replace('http://'+h+':{port}'+{json.dumps(path_query)});</script>")
+    return (f"<iframe class='ewb-explore-frame' title='{html.escape(title)}' srcdoc=\"{html.escape(script)}\" "
+            f"style='width:{width};height:{height}px;border:1px solid #ccc;box-sizing:border-box' "
+            f"allow='clipboard-write'></iframe>")
+
+
+class ExploreView:
+    """What `Explorer.show` returns: displayed inline by Jupyter (`_repr_html_`)."""
+
+    def __init__(self, frames: list[tuple[list[Graph], str]], failed: list[Graph], port: int, height: int,
+                 layout: str, secret_urls: list[str]) -> None:
+        self.frames, self.failed, self.port, self.height, self.layout = frames, failed, port, height, layout
+        self.urls = secret_urls  # one per frame, on 127.0.0.1, each with the secret
+
+    @property
+    def graphs(self) -> list[str]:
+        return [g.name for gs, _ in self.frames for g in gs]
+
+    def _error_card(self, g: Graph) -> str:
+        return (f"<div class='ewb-explore-error' data-graph='{g.name}' style='border:1px solid #c62828;"
+                f"color:#c62828;padding:6px;border-radius:4px;white-space:pre-wrap;margin:2px 0'>"
+                f"<b>{html.escape(TITLES.get(g.name, g.name))}</b>: {html.escape(g.error)}"
+                + (f"\n<span style='color:#555'>fix: {html.escape(g.hint)}</span>" if g.hint else "") + "</div>")
+
+    def _repr_html_(self) -> str:
+        side = self.layout == "side" and len(self.frames) == 2
+        parts = []
+        for i, (gs, pq) in enumerate(self.frames):
+            width = ("66%" if i == 0 else "33%") if side else "100%"
+            title = " | ".join(TITLES.get(g.name, g.name) for g in gs)
+            caption = " · ".join(f"<b>{html.escape(TITLES.get(g.name, g.name))}</b> "
+                                 f"<code>{html.escape(g.label)}</code>" for g in gs)
+            parts.append(f"<div class='ewb-explore-pane' data-graphs='{','.join(g.name for g in gs)}' "
+                         f"style='width:{width}'><div style='font-size:12px;color:#555'>{caption}</div>"
+                         + _frame_html(pq, self.port, self.height, "100%", title) + "</div>")
+        body = (f"<div style='display:flex;gap:6px;align-items:flex-start'>{''.join(parts)}</div>" if side
+                else "".join(parts))
+        cards = "".join(self._error_card(g) for g in self.failed)
+        return f"<div class='ewb-explore-view'>{cards}{body}</div>"
+
+    def __repr__(self) -> str:
+        lines = [f"Model Explorer: {', '.join(self.graphs) or 'nothing to show'}"]
+        lines += [f"  open: {u}" for u in self.urls]
+        lines += [f"  {g.name}: {g.error}" for g in self.failed]
+        return "\n".join(lines)
+
+
+# ---- the explorer ----------------------------------------------------------------------
+class Explorer:
+    """Graphs of one model (project or Hugging Face folder) in Model Explorer, inline.
+
+    `source`: a Workbench, a project folder, or a Hugging Face folder. `tflite`: a converted
+    model to show instead of the project's newest fresh conversion. `port`: the port to try
+    first when this kernel's server is not running yet (taken: another is picked).
+    """
+
+    def __init__(self, source: Any, *, port: Optional[int] = None, tflite: Union[str, Path, None] = None,
+                 graphs_dir: Union[str, Path, None] = None) -> None:
+        from workbench.project import PROJECT_FILE, Workbench
+
+        self._wb = None
+        self._project: Optional[Path] = None
+        self._hf: Optional[Path] = None
+        self._tflite = Path(tflite).resolve() if tflite is not None else None
+        if isinstance(source, Workbench):
+            self._wb = source
+            root = source.root
+        else:
+            p = Path(source)
+            if (p / PROJECT_FILE).is_file():
+                self._project = p
+                root = p
+            elif (p / "config.json").is_file():
+                self._hf = p.resolve()
+                root = None
+            else:
+                raise ExploreError(f"{p} is neither a project nor a Hugging Face model folder",
+                                   hint="give a project (Workbench or its folder) or a folder holding config.json")
+        if graphs_dir is not None:
+            folder = Path(graphs_dir)
+        elif root is not None:
+            folder = Path(root) / "explore" / "graphs"
+        else:
+            import hashlib
+
+            folder = cache_dir() / hashlib.sha256(str(self._hf).encode()).hexdigest()[:12] / "graphs"
+        self.store = GraphStore(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            ignore = folder.parent / ".gitignore"
+            if root is not None and folder.parent == Path(root) / "explore" and not ignore.exists():
+                ignore.write_text("# exported graphs: derived, re-made on demand\n*\n")
+        except OSError as e:
+            raise ExploreError(f"cannot write the graphs folder {folder}: {e.strerror}",
+                               hint="give graphs_dir= a writable folder") from None
+        self.graphs: dict[str, Graph] = {}
+        self.server = shared_server(port, roots=[self.store.folder], files=[self._tflite] if self._tflite else [])
+
+    # ---- sources --------------------------------------------------------------------
+    def sources(self) -> GraphSources:
+        """What the graphs are made from now (a project folder is read afresh each time)."""
+        if self._hf is not None:
+            return GraphSources.from_hf(self._hf, tflite=self._tflite)
+        if self._wb is not None:
+            return GraphSources.from_project(self._wb, tflite=self._tflite)
+        from workbench.project import Workbench
+
+        wb = Workbench.open(self._project, readonly=True)
+        return GraphSources.from_project(wb, tflite=self._tflite)
+
+    def available(self) -> list[str]:
+        """The graphs that can be asked for: the converted one only when there is one."""
+        src = self.sources()
+        return [n for n in GRAPHS if n != "tflite" or src.tflite is not None]
+
+    def _names(self, names: Optional[Sequence[str]], src: GraphSources) -> list[str]:
+        if names is None:
+            return [n for n in GRAPHS if n != "tflite" or src.tflite is not None]
+        if isinstance(names, str):
+            names = [names]
+        names = list(names)
+        if not names:
+            raise ExploreError("no graph asked for", hint=f"choose one to three of {', '.join(GRAPHS)}")
+        for n in names:
+            if n not in GRAPHS:
+                raise ExploreError(f"unknown graph {n!r}", hint=f"choose from {', '.join(GRAPHS)}")
+        if len(set(names)) != len(names):
+            raise ExploreError(f"a graph is asked for twice: {names}", hint="name each graph once")
+        if "tflite" in names and src.tflite is None:
+            raise ExploreError(f"no converted model to show: {src.no_tflite[0]}", hint=src.no_tflite[1])
+        return names
+
+    def export(self, names: Optional[Sequence[str]] = None, progress: Optional[Progress] = None,
+               force: bool = False) -> dict[str, Graph]:
+        """Exports what changed (or is missing) among `names`; returns every graph asked for."""
+        self._ensure_server()
+        src = self.sources()
+        names = self._names(names, src)
+        graphs = self.store.ensure(src, names, progress=progress, force=force)
+        extra = [g.path for g in graphs.values() if g.ok and g.path is not None
+                 and self.store.folder not in g.path.parents]
+        if extra:
+            self.server.allow(files=extra)
+        self.graphs.update(graphs)
+        return graphs
+
+    # ---- URLs and views ----------------------------------------------------------------
+    @staticmethod
+    def _data(graphs: Sequence[Graph]) -> dict:
+        """Model Explorer's `data` parameter: the models, and a pane for each of the first two.
+        Model Explorer renames a graph id it has seen in an earlier model of the same page
+        (`graph`, `graph (2)`, `graph (3)`, ...), so the panes name the ids it will use."""
+        seen: dict[str, int] = {}
+        panes = []
+        for i, g in enumerate(graphs):
+            gid = g.graph_id or "graph"
+            n = seen.get(gid, 0)
+            seen[gid] = n + 1
+            if i < 2:
+                panes.append({"deepestExpandedGroupNodeIds": [], "selectedNodeId": "",
+                              "selectedGraphId": gid if n == 0 else f"{gid} ({n + 1})",
+                              "selectedCollectionLabel": g.label, "widthFraction": 1 / min(2, len(graphs)),
+                              "selected": i == 0, "flattenLayers": False})
+        labels = [g.label for g in graphs]
+        if len(set(labels)) != len(labels):
+            raise ExploreError(f"two graphs share a label ({labels}): node data could not tell them apart",
+                               hint="rename one of the files")
+        return {"models": [{"url": str(g.path), "adapterId": g.adapter} for g in graphs],
+                "uiState": {"paneStates": panes}}
+
+    @classmethod
+    def path_query(cls, graphs: Sequence[Graph]) -> str:
+        return "/?data=" + quote(json.dumps(cls._data(graphs), separators=(",", ":")), safe="")
+
+    def _frames(self, graphs: list[Graph], layout: str) -> list[list[Graph]]:
+        if layout == "stacked":
+            return [[g] for g in graphs]
+        return [graphs[:2]] + ([graphs[2:]] if len(graphs) > 2 else [])
+
+    def url(self, names: Optional[Sequence[str]] = None, host: str = "127.0.0.1", progress: Optional[Progress] = None,
+            timeout: float = 60) -> str:
+        """One address showing every graph asked for (the first two in the split view; the
+        third is in the page's model list), with the secret: for a browser tab."""
+        graphs = [g for g in self.export(names, progress).values() if g.ok]
+        if not graphs:
+            raise ExploreError("no graph could be exported", hint="see ex.graphs[name].error")
+        self.server.wait(timeout)
+        return f"http://{host}:{self.server.port}{self.path_query(graphs)}&{SECRET_PARAM}={self.server.secret}"
+
+    def show(self, names: Optional[Sequence[str]] = None, height: int = 600, layout: str = "split",
+             progress: Optional[Progress] = None, timeout: float = 60) -> ExploreView:
+        """The graphs inline (a Jupyter display object). Exports what changed first."""
+        if layout not in LAYOUTS:
+            raise ExploreError(f"unknown layout {layout!r}", hint=f"choose from {', '.join(LAYOUTS)}")
+        if not isinstance(height, int) or not 150 <= height <= 4000:
+            raise ExploreError(f"height {height!r} is not a pixel height between 150 and 4000",
+                               hint="e.g. height=600")
+        graphs = self.export(names, progress)
+        ok = [g for g in graphs.values() if g.ok]
+        failed = [g for g in graphs.values() if not g.ok]
+        self.server.wait(timeout)
+        frames = [(fs, self.path_query(fs)) for fs in self._frames(ok, layout)] if ok else []
+        urls = [f"{self.server.base()}{pq}&{SECRET_PARAM}={self.server.secret}" for _, pq in frames]
+        return ExploreView([(fs, f"{pq}&{SECRET_PARAM}={self.server.secret}") for fs, pq in frames], failed,
+                           self.server.port, height, layout, urls)
+
+    def close(self) -> None:
+        """Stops this kernel's Model Explorer server (a later show() starts a new one)."""
+        global _SERVER
+        with _LOCK:
+            self.server.close()
+            if _SERVER is self.server:
+                _SERVER = None
+
+    def __enter__(self) -> "Explorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _ensure_server(self) -> None:
+        if not self.server.alive():
+            self.server = shared_server(None, roots=[self.store.folder],
+                                        files=[self._tflite] if self._tflite else [])
+
+    def __repr__(self) -> str:
+        return (f"Explorer({self._wb.root if self._wb else self._project or self._hf}, server "
+                f"{self.server!r}, graphs: " + ", ".join(f"{n} {'ok' if g.ok else 'failed'}"
+                                                         for n, g in self.graphs.items()) + ")")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><b>{html.escape(n)}</b></td><td>"
+                       + (f"<code>{html.escape(str(g.path))}</code>" if g.ok else
+                          f"<span style='color:#c62828'>{html.escape(g.error)}</span>") + "</td></tr>"
+                       for n, g in self.graphs.items())
+        return (f"<div class='ewb-explorer'><b>Model Explorer</b> server pid {self.server.pid}"
+                f"{' on 127.0.0.1:' + str(self.server.port) if self.server.port else ''} — "
+                f"{'running' if self.server.alive() else 'stopped'}<table>{rows}</table></div>")
+
+
+__all__ = ["Explorer", "ExploreError", "ExploreServer", "ExploreView", "LAYOUTS", "shared_server"]
