@@ -19,21 +19,12 @@ import psutil
 import pytest
 
 from conftest import copy_project
+from explore_fixtures import explored  # noqa: F401 - the shared fixture
 from workbench.explore import Explorer, ExploreError, ExploreServer
 from workbench.explore_server import SECRET_PARAM, cookie_name
 
 
-# ---- fixtures ---------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def explored(llama_project, tmp_path_factory):
-    """A copy of the session project whose three graphs are exported once (shared by the
-    tests below through the cache), and an Explorer on it (this process's server)."""
-    root = copy_project(llama_project, tmp_path_factory.mktemp("explore"), "project")
-    ex = Explorer(root)
-    graphs = ex.export()
-    return root, ex, graphs
-
-
+# ---- helpers ----------------------------------------------------------------------------
 def _get(port: int, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
     """A raw request (http.client: the Host header is ours to set)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
