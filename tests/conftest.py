@@ -76,3 +76,25 @@ def copy_project(project: Path, tmp_path: Path, name: str = "copy") -> Path:
     dst = tmp_path / name
     shutil.copytree(project, dst, ignore=shutil.ignore_patterns(".workbench.lock"))
     return dst
+
+
+SWEEP_RECIPES = "none,dynamic_int8,fp16,int8_ff_int4,int8_edges_fp16@export_hf"
+
+
+@pytest.fixture(scope="session")
+def swept(llama_project, tmp_path_factory):
+    """A copy of the llama project swept through the CLI (4 recipes, and one export_hf row
+    litert-torch refuses), with its --json output."""
+    import contextlib
+    import io
+    import json
+
+    from workbench import cli
+
+    root = copy_project(llama_project, tmp_path_factory.mktemp("sweep"), "swept")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = cli.main(["sweep", "--project", str(root), "--recipes", SWEEP_RECIPES, "--prefill", "8", "--kv", "32",
+                         "--json"])
+    assert code == 0, buf.getvalue()
+    return root, json.loads(buf.getvalue())

@@ -74,3 +74,22 @@ def test_convert_panel_renders_in_jupyterlab(lab, tmp_path):
         assert "direct export (export_hf)" in text
         assert page.locator(".ewb-convert .js-plotly-plot").count() >= 1
         page.screenshot(path=str(tmp_path / "convert.png"))
+
+
+def test_run_and_sweep_panels_render_in_jupyterlab(lab, tmp_path):
+    with browser.browser_page() as page:
+        browser.run_all_cells(page, lab.notebook_url(browser.ROOT / "notebooks" / "05_run.ipynb"),
+                              ".ewb-sweep-panel tr.ewb-row", timeout_ms=600_000)
+        sweep = page.locator(".ewb-sweep-panel").first
+        sweep.scroll_into_view_if_needed()
+        text = sweep.inner_text()
+        assert "Recipe sweep" in text and "int8_ff_int4" in text and "★" in text and "✓" in text
+        assert page.locator(".ewb-sweep-panel tr.ewb-row").count() == 4
+        assert page.locator(".ewb-sweep-panel .js-plotly-plot .scatterlayer .point").count() >= 4  # drawn points
+        # a click in the browser reaches the kernel: Pick the dropdown's model
+        page.locator(".ewb-sweep-panel select").first.select_option("fp16")
+        page.locator(".ewb-sweep-panel button", has_text="Pick").first.click()
+        page.wait_for_selector(".ewb-sweep-panel :text('chose fp16')", timeout=60_000)
+        page.locator(".ewb-sweep-panel .js-plotly-plot").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000

@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import SWEEP_RECIPES as RECIPES
 from conftest import copy_project
 from workbench import cli
 from workbench.sweep import Sweep, SweepError, plan, prepare, sweep
-
-RECIPES = "none,dynamic_int8,fp16,int8_ff_int4,int8_edges_fp16@export_hf"
-
-
-@pytest.fixture(scope="module")
-def swept(llama_project, tmp_path_factory):
-    """A copy of the llama project swept through the CLI (4 recipes, and one export_hf row
-    litert-torch refuses), with its --json output."""
-    import contextlib
-    import io
-
-    root = copy_project(llama_project, tmp_path_factory.mktemp("sweep"), "swept")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = cli.main(["sweep", "--project", str(root), "--recipes", RECIPES, "--prefill", "8", "--kv", "32",
-                         "--json"])
-    assert code == 0, buf.getvalue()
-    return root, json.loads(buf.getvalue())
 
 
 def test_cli_sweep_rows_and_pareto(swept):

@@ -9,5 +9,6 @@ from workbench_widgets.compare import ComparePanel
 from workbench_widgets.convert import ConvertPanel
 from workbench_widgets.mapping import MappingPanel
 from workbench_widgets.run import RunPanel
+from workbench_widgets.sweep import SweepPanel
 
-__all__ = ["BuilderPanel", "ComparePanel", "ConvertPanel", "MappingPanel", "RunPanel"]
+__all__ = ["BuilderPanel", "ComparePanel", "ConvertPanel", "MappingPanel", "RunPanel", "SweepPanel"]
