@@ -137,6 +137,12 @@ def test_view_html_and_url_data(explored):
     # Model Explorer renames a repeated graph id: the second .pt2's "graph" is "graph (2)"
     assert [(p["selectedCollectionLabel"], p["selectedGraphId"]) for p in panes] == [
         ("original.pt2", "graph"), ("reauthored.pt2", "graph (2)")]
+    # each pane opens at the group holding the decoder layers
+    assert panes[0]["deepestExpandedGroupNodeIds"][0].endswith("LlamaForCausalLM_model/"
+                                                              "transformers.models.llama.modeling_llama."
+                                                              "LlamaModel_model___group___")
+    assert panes[1]["deepestExpandedGroupNodeIds"] == [
+        "litert_torch.generative.utilities.model_builder.DecoderOnlyModel_module___group___"]
     assert view.frames[0][1].endswith(f"{SECRET_PARAM}={ex.server.secret}")
     stacked = ex.show(["original", "reauthored", "tflite"], layout="stacked")
     assert stacked._repr_html_().count("<iframe") == 3

@@ -372,7 +372,9 @@ class Explorer:
             n = seen.get(gid, 0)
             seen[gid] = n + 1
             if i < 2:
-                panes.append({"deepestExpandedGroupNodeIds": [], "selectedNodeId": "",
+                group = g.layers_group()
+                panes.append({"deepestExpandedGroupNodeIds": [f"{group}___group___"] if group else [],
+                              "selectedNodeId": "",
                               "selectedGraphId": gid if n == 0 else f"{gid} ({n + 1})",
                               "selectedCollectionLabel": g.label, "widthFraction": 1 / min(2, len(graphs)),
                               "selected": i == 0, "flattenLayers": False})

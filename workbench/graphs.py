@@ -92,6 +92,23 @@ class Graph:
         p = self.path.with_name(f"{self.name}.nodes.json")
         return p if p.is_file() else None
 
+    def layers_group(self) -> str:
+        """The namespace holding the decoder layers (`.../LlamaModel_model`,
+        `.../DecoderOnlyModel_module`): the group a pane opens first, so the layers show."""
+        f = self.nodes_file
+        if f is None:
+            return ""
+        try:
+            nodes = json.loads(f.read_text())["nodes"]
+        except (OSError, ValueError, KeyError):
+            return ""
+        for n in nodes:
+            parts = (n.get("namespace") or "").split("/")
+            for i, part in enumerate(parts):
+                if i and part.endswith("_0"):
+                    return "/".join(parts[:i])
+        return ""
+
     def to_json(self) -> dict:
         return {"name": self.name, "path": str(self.path) if self.path else None, "label": self.label,
                 "adapter": self.adapter, "graph_id": self.graph_id, "key": self.key, "ok": self.ok,
