@@ -271,6 +271,31 @@ def test_guard_confines_files_to_the_project_graphs(explored, tmp_path):
     assert status == 403
 
 
+def test_a_running_server_takes_new_graph_folders(explored, tmp_path):
+    """New graphs reach a running server as new addresses: a second Explorer (another
+    folder) reuses this kernel's server and tells it the folder may be read."""
+    root, ex, graphs = explored
+    port = _live(ex)
+    copy = tmp_path / "more" / "graphs"
+    shutil.copytree(graphs["original"].path.parent.parent, copy)
+    moved = copy / graphs["original"].path.parent.name / "original.pt2"
+    status, _, _ = _get(port, f"/api/v1/send_command?json={_cmd(moved)}", _auth(ex))
+    assert status == 403  # not yet allowed
+    ex2 = Explorer(root, graphs_dir=copy)
+    assert ex2.server is ex.server  # one server per kernel
+    g = ex2.export(["original"])["original"]
+    assert g.cached and g.path == moved.resolve()
+    status, _, text = _get(port, f"/api/v1/send_command?json={_cmd(moved)}", _auth(ex))
+    assert status == 200 and '"graphs"' in text
+    # files written beside the graphs (node data, for overlays) are readable too
+    note = ex.data_dir / "node_data" / "errors.json"
+    note.parent.mkdir(exist_ok=True)
+    note.write_text('{"ok": 1}')
+    status, _, text = _get(port, f"/api/v1/read_text_file?path={urllib.parse.quote(str(note))}", _auth(ex))
+    assert status == 200 and json.loads(text)["content"] == '{"ok": 1}'
+    assert ex.data_dir == (root / "explore").resolve()
+
+
 def test_guard_refuses_uploads_and_never_sends_cors_star(explored):
     _, ex, _ = explored
     port = _live(ex)
@@ -306,6 +331,9 @@ def test_a_port_in_use_picks_another(tmp_path):
         assert srv.alive() and srv.port != port
         status, body = srv.request("/check_health")
         assert (status, body) == (200, "model_explorer_ok")
+        os.kill(srv.pid, signal.SIGINT)  # Jupyter's interrupt reaches the kernel's process group
+        time.sleep(1.0)
+        assert srv.alive() and srv.request("/check_health")[0] == 200
     finally:
         srv.close()
         busy.close()

@@ -293,13 +293,19 @@ class Explorer:
                                    hint="give a project (Workbench or its folder) or a folder holding config.json")
         if graphs_dir is not None:
             folder = Path(graphs_dir)
+            data_dir = folder
         elif root is not None:
-            folder = Path(root) / "explore" / "graphs"
+            data_dir = Path(root) / "explore"
+            folder = data_dir / "graphs"
         else:
             import hashlib
 
-            folder = cache_dir() / hashlib.sha256(str(self._hf).encode()).hexdigest()[:12] / "graphs"
+            data_dir = cache_dir() / hashlib.sha256(str(self._hf).encode()).hexdigest()[:12]
+            folder = data_dir / "graphs"
         self.store = GraphStore(folder)
+        # What the server may read: the graphs, and anything else written beside them
+        # (node-data files, sync mappings) under this folder.
+        self.data_dir = data_dir.resolve()
         try:
             folder.mkdir(parents=True, exist_ok=True)
             ignore = folder.parent / ".gitignore"
@@ -309,7 +315,7 @@ class Explorer:
             raise ExploreError(f"cannot write the graphs folder {folder}: {e.strerror}",
                                hint="give graphs_dir= a writable folder") from None
         self.graphs: dict[str, Graph] = {}
-        self.server = shared_server(port, roots=[self.store.folder], files=[self._tflite] if self._tflite else [])
+        self.server = shared_server(port, roots=[self.data_dir], files=[self._tflite] if self._tflite else [])
 
     # ---- sources --------------------------------------------------------------------
     def sources(self) -> GraphSources:
@@ -353,7 +359,7 @@ class Explorer:
         names = self._names(names, src)
         graphs = self.store.ensure(src, names, progress=progress, force=force)
         extra = [g.path for g in graphs.values() if g.ok and g.path is not None
-                 and self.store.folder not in g.path.parents]
+                 and self.data_dir not in g.path.parents]
         if extra:
             self.server.allow(files=extra)
         self.graphs.update(graphs)
@@ -437,8 +443,7 @@ class Explorer:
 
     def _ensure_server(self) -> None:
         if not self.server.alive():
-            self.server = shared_server(None, roots=[self.store.folder],
-                                        files=[self._tflite] if self._tflite else [])
+            self.server = shared_server(None, roots=[self.data_dir], files=[self._tflite] if self._tflite else [])
 
     def __repr__(self) -> str:
         return (f"Explorer({self._wb.root if self._wb else self._project or self._hf}, server "
