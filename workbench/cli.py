@@ -411,14 +411,28 @@ def cmd_explore(args: argparse.Namespace) -> tuple[dict, str]:
         for name, g in graphs.items():
             if not g.ok:
                 print(f"{name}: {g.error}" + (f"\n  fix: {g.hint}" if g.hint else ""), file=sys.stderr)
-        url = ex.url([n for n, g in graphs.items() if g.ok])
+        shown = [n for n, g in graphs.items() if g.ok]
+        overlay = ex.overlay(args.overlay, shown, comparison=args.comparison, export=False) if args.overlay else None
+        sync = {}
+        for left, right in (("original", "reauthored"), ("reauthored", "tflite")):
+            if left in shown and right in shown:
+                sync[f"{left}__{right}"] = str(ex.sync_mapping(left, right, export=False))
+        url = ex.url(shown, overlay=args.overlay, comparison=args.comparison)
         out = {"url": url, "graphs": {n: g.to_json() for n, g in graphs.items()}, "port": ex.server.port,
-               "pid": ex.server.pid}
+               "pid": ex.server.pid, "overlay": overlay.to_json() if overlay else None,
+               "node_data": {n: str(f) for n, f in overlay.files.items()} if overlay else {},
+               "sync_mapping": sync}
+        if not args.json:
+            for n, f in out["node_data"].items():
+                print(f"node data ({n}): {f}", file=sys.stderr)
+            for pair, f in sync.items():
+                print(f"sync mapping ({pair.replace('__', ' <-> ')}; Model Explorer: Sync -> Upload): {f}",
+                      file=sys.stderr)
+        args._streamed = True  # printed here: _run prints nothing more (set first: Ctrl-C may follow at once)
         if args.json:
             emit(out)
         else:
             print(url, flush=True)
-        args._streamed = True  # printed already: _run prints nothing more
         print(f"Model Explorer on 127.0.0.1:{ex.server.port} (pid {ex.server.pid}); Ctrl-C stops it",
               file=sys.stderr, flush=True)
         while ex.server.alive():
@@ -555,7 +569,13 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--tflite", default=None, help="a converted .tflite to show (default with --project: the "
                                                    "project's newest fresh conversion)")
     ex.add_argument("--port", type=int, default=None, help="the port to try first (taken: another is picked)")
-    ex.add_argument("--json", action="store_true", help="one JSON line (url, graphs), then serve")
+    ex.add_argument("--overlay", default=None, choices=["compare", "quant", "quant_error", "sizes", "timing"],
+                    help="colour the graphs: compare (per-layer error), quant (scheme per op), quant_error "
+                         "(MSE per op), sizes (weight bytes per op)")
+    ex.add_argument("--comparison", default=None, help="the comparison --overlay compare shows (a project's "
+                                                       "comparison name or a JSON file; default: the newest fresh)")
+    ex.add_argument("--json", action="store_true", help="one JSON line (url, graphs, node_data, sync_mapping), "
+                                                        "then serve")
     n = sub.add_parser("new", help="create a project folder from a Hugging Face model folder")
     n.add_argument("dir", help="the project folder (new or empty)")
     n.add_argument("--from", dest="from_hf", required=True, help="the Hugging Face model folder")

@@ -3,6 +3,7 @@
     ex = Explorer(wb)                  # a Workbench, a project folder or a Hugging Face folder
     ex.show(["original", "reauthored", "tflite"], height=600, layout="split")   # inline, in a cell
     ex.url(["original", "reauthored"]) # the same view for a browser tab (carries its secret)
+    ex.show(["original", "reauthored"], overlay="compare")   # numbers on the graphs (workbench.overlays)
     ex.close()                         # or let the kernel end: the server ends with it
 
 One Model Explorer server per kernel (`workbench.explore_server`, a child process we own,
@@ -16,6 +17,13 @@ and `uiState.paneStates` for its split view of two panes); a third graph gets a 
 own. The frame's address is built in the browser on the notebook page's own host name
 (127.0.0.1 or localhost, else 127.0.0.1), because the guard's cookie for one is not sent
 to the other. A Jupyter server on another machine needs the port forwarded (see README).
+
+Overlays (`overlay=`: compare, quant, quant_error, sizes) are node-data files written under
+`ex.data_dir/overlays/` and named in the same `data` parameter, so choosing one re-colours
+the panes and never re-exports a graph. When the split view holds the original and the
+re-authored graph, the address turns on Model Explorer's "match node id" sync (their ops
+that read a weight share ids); the fuller mapping (layers, modules, fused q|k|v) is written
+under `ex.data_dir/sync/` for Model Explorer's "Upload mapping".
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from urllib.parse import quote
 from workbench.errors import WorkbenchError
 from workbench.explore_server import ALLOW_PATH, HEALTH_OK, HEALTH_PATH, SECRET_HEADER, SECRET_PARAM
 from workbench.graphs import GRAPHS, TITLES, Graph, GraphSources, GraphStore
+from workbench.overlays import OVERLAYS, Overlay, OverlayError
 from workbench.progress import Progress
 
 LAYOUTS = ("split", "side", "stacked")
@@ -223,9 +232,12 @@ class ExploreView:
     """What `Explorer.show` returns: displayed inline by Jupyter (`_repr_html_`)."""
 
     def __init__(self, frames: list[tuple[list[Graph], str]], failed: list[Graph], port: int, height: int,
-                 layout: str, secret_urls: list[str]) -> None:
+                 layout: str, secret_urls: list[str], overlay: Optional[Overlay] = None,
+                 sync: Optional[dict] = None) -> None:
         self.frames, self.failed, self.port, self.height, self.layout = frames, failed, port, height, layout
         self.urls = secret_urls  # one per frame, on 127.0.0.1, each with the secret
+        self.overlay = overlay  # the node data shown, with its legend
+        self.sync = sync  # {"pair", "mode" (or None), "file" (or None), "note"} for the split view
 
     @property
     def graphs(self) -> list[str]:
@@ -251,13 +263,47 @@ class ExploreView:
         body = (f"<div style='display:flex;gap:6px;align-items:flex-start'>{''.join(parts)}</div>" if side
                 else "".join(parts))
         cards = "".join(self._error_card(g) for g in self.failed)
+        legend = self.legend_html()
+        if legend:
+            body = (f"<div style='display:flex;gap:8px;align-items:flex-start'><div style='flex:1;min-width:0'>"
+                    f"{body}</div>{legend}</div>")
         return f"<div class='ewb-explore-view'>{cards}{body}</div>"
+
+    def legend_html(self) -> str:
+        """The overlay's colours and the sync note, beside the frames ("" when neither)."""
+        parts = []
+        if self.overlay is not None:
+            parts.append(self.overlay.legend_html())
+        if self.sync and self.sync.get("note"):
+            parts.append(f"<div class='ewb-explore-sync' style='margin-top:8px'><b>Sync</b>"
+                         f"<div>{html.escape(self.sync['note'])}</div>"
+                         + (f"<code style='word-break:break-all;font-size:11px'>{html.escape(str(self.sync['file']))}"
+                            f"</code>" if self.sync.get("file") else "") + "</div>")
+        if not parts:
+            return ""
+        return (f"<div class='ewb-explore-legend' style='width:250px;flex:none;font-size:12px;border:1px solid #ddd;"
+                f"border-radius:4px;padding:6px;box-sizing:border-box'>{''.join(parts)}</div>")
 
     def __repr__(self) -> str:
         lines = [f"Model Explorer: {', '.join(self.graphs) or 'nothing to show'}"]
         lines += [f"  open: {u}" for u in self.urls]
         lines += [f"  {g.name}: {g.error}" for g in self.failed]
+        if self.overlay is not None:
+            lines.append(f"  overlay: {self.overlay.title}: " + "; ".join(i.label for i in self.overlay.legend))
+        if self.sync and self.sync.get("note"):
+            lines.append(f"  sync: {self.sync['note']}" + (f" {self.sync['file']}" if self.sync.get("file") else ""))
         return "\n".join(lines)
+
+
+def _manifest(tflite: Optional[Path]) -> Optional[dict]:
+    """The conversion manifest beside a converted model (None when there is none)."""
+    if tflite is None:
+        return None
+    try:
+        man = json.loads(Path(tflite).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return man if isinstance(man, dict) and man.get("kind") == "edge-workbench/conversion" else None
 
 
 # ---- the explorer ----------------------------------------------------------------------
@@ -367,19 +413,21 @@ class Explorer:
 
     # ---- URLs and views ----------------------------------------------------------------
     @staticmethod
-    def _data(graphs: Sequence[Graph]) -> dict:
-        """Model Explorer's `data` parameter: the models, and a pane for each of the first two.
-        Model Explorer renames a graph id it has seen in an earlier model of the same page
-        (`graph`, `graph (2)`, `graph (3)`, ...), so the panes name the ids it will use."""
+    def _data(graphs: Sequence[Graph], overlay: Optional[Overlay] = None, sync_mode: Optional[str] = None) -> dict:
+        """Model Explorer's `data` parameter: the models, and a pane for each of the first two
+        (plus the overlay's node data by model label, and a sync mode). Model Explorer renames
+        a graph id it has seen in an earlier model of the same page (`graph`, `graph (2)`,
+        `graph (3)`, ...), so the panes name the ids it will use."""
         seen: dict[str, int] = {}
         panes = []
         for i, g in enumerate(graphs):
-            gid = g.graph_id or "graph"
+            gid = (overlay.graph_ids.get(g.name) if overlay is not None else None) or g.graph_id or "graph"
             n = seen.get(gid, 0)
             seen[gid] = n + 1
             if i < 2:
                 group = g.layers_group()
-                panes.append({"deepestExpandedGroupNodeIds": [f"{group}___group___"] if group else [],
+                expand = overlay.expand.get(g.name) if overlay is not None else None
+                panes.append({"deepestExpandedGroupNodeIds": expand or ([f"{group}___group___"] if group else []),
                               "selectedNodeId": "",
                               "selectedGraphId": gid if n == 0 else f"{gid} ({n + 1})",
                               "selectedCollectionLabel": g.label, "widthFraction": 1 / min(2, len(graphs)),
@@ -388,12 +436,21 @@ class Explorer:
         if len(set(labels)) != len(labels):
             raise ExploreError(f"two graphs share a label ({labels}): node data could not tell them apart",
                                hint="rename one of the files")
-        return {"models": [{"url": str(g.path), "adapterId": g.adapter} for g in graphs],
-                "uiState": {"paneStates": panes}}
+        data: dict[str, Any] = {"models": [{"url": str(g.path), "adapterId": g.adapter} for g in graphs],
+                                "uiState": {"paneStates": panes}}
+        if overlay is not None:
+            shown = [g for g in graphs if g.name in overlay.files]
+            if shown:
+                data["nodeData"] = [str(overlay.files[g.name]) for g in shown]
+                data["nodeDataTargets"] = [g.label for g in shown]
+        if sync_mode:
+            data["sync"] = {"mode": sync_mode}
+        return data
 
     @classmethod
-    def path_query(cls, graphs: Sequence[Graph]) -> str:
-        return "/?data=" + quote(json.dumps(cls._data(graphs), separators=(",", ":")), safe="")
+    def path_query(cls, graphs: Sequence[Graph], overlay: Optional[Overlay] = None,
+                   sync_mode: Optional[str] = None) -> str:
+        return "/?data=" + quote(json.dumps(cls._data(graphs, overlay, sync_mode), separators=(",", ":")), safe="")
 
     def _frames(self, graphs: list[Graph], layout: str) -> list[list[Graph]]:
         if layout == "stacked":
@@ -401,31 +458,222 @@ class Explorer:
         return [graphs[:2]] + ([graphs[2:]] if len(graphs) > 2 else [])
 
     def url(self, names: Optional[Sequence[str]] = None, host: str = "127.0.0.1", progress: Optional[Progress] = None,
-            timeout: float = 60) -> str:
+            timeout: float = 60, overlay: Optional[str] = None, comparison: Any = None, sync: bool = True) -> str:
         """One address showing every graph asked for (the first two in the split view; the
         third is in the page's model list), with the secret: for a browser tab."""
         graphs = [g for g in self.export(names, progress).values() if g.ok]
         if not graphs:
             raise ExploreError("no graph could be exported", hint="see ex.graphs[name].error")
+        ov = self._overlay_for(overlay, graphs, comparison)
+        mode = self._sync_for(graphs[:2], sync)["mode"] if sync and len(graphs) >= 2 else None
         self.server.wait(timeout)
-        return f"http://{host}:{self.server.port}{self.path_query(graphs)}&{SECRET_PARAM}={self.server.secret}"
+        return (f"http://{host}:{self.server.port}{self.path_query(graphs, ov, mode)}"
+                f"&{SECRET_PARAM}={self.server.secret}")
 
     def show(self, names: Optional[Sequence[str]] = None, height: int = 600, layout: str = "split",
-             progress: Optional[Progress] = None, timeout: float = 60) -> ExploreView:
-        """The graphs inline (a Jupyter display object). Exports what changed first."""
+             progress: Optional[Progress] = None, timeout: float = 60, overlay: Optional[str] = None,
+             comparison: Any = None, sync: bool = True, export: bool = True) -> ExploreView:
+        """The graphs inline (a Jupyter display object). Exports what changed first
+        (`export=False`: only the graphs exported before, as they are: what re-colouring with
+        another overlay needs). `overlay`: compare | quant | quant_error | sizes (see
+        `overlays()`); `comparison`: which comparison the compare overlay shows (a project's
+        comparison name, a Comparison, or a JSON file; default: the project's newest fresh one).
+        `sync`: Model Explorer's sync navigation between the two panes of the split view."""
         if layout not in LAYOUTS:
             raise ExploreError(f"unknown layout {layout!r}", hint=f"choose from {', '.join(LAYOUTS)}")
         if not isinstance(height, int) or not 150 <= height <= 4000:
             raise ExploreError(f"height {height!r} is not a pixel height between 150 and 4000",
                                hint="e.g. height=600")
-        graphs = self.export(names, progress)
+        graphs = self.export(names, progress) if export else self._exported(names)
         ok = [g for g in graphs.values() if g.ok]
         failed = [g for g in graphs.values() if not g.ok]
+        ov = self._overlay_for(overlay, ok, comparison) if ok else None
         self.server.wait(timeout)
-        frames = [(fs, self.path_query(fs)) for fs in self._frames(ok, layout)] if ok else []
+        frames_graphs = self._frames(ok, layout) if ok else []
+        sync_info = self._sync_for(frames_graphs[0], sync) if frames_graphs and len(frames_graphs[0]) == 2 else None
+        frames = []
+        for fs in frames_graphs:
+            mode = sync_info["mode"] if sync_info and fs is frames_graphs[0] else None
+            frames.append((fs, self.path_query(fs, ov, mode)))
         urls = [f"{self.server.base()}{pq}&{SECRET_PARAM}={self.server.secret}" for _, pq in frames]
         return ExploreView([(fs, f"{pq}&{SECRET_PARAM}={self.server.secret}") for fs, pq in frames], failed,
-                           self.server.port, height, layout, urls)
+                           self.server.port, height, layout, urls, ov, sync_info)
+
+    def _exported(self, names: Optional[Sequence[str]]) -> dict[str, Graph]:
+        """The graphs exported before (no export, no hashing of inputs)."""
+        wanted = list(self.graphs) if names is None else ([names] if isinstance(names, str) else list(names))
+        missing = [n for n in wanted if n not in self.graphs]
+        if missing:
+            raise ExploreError(f"not exported yet: {', '.join(missing)}",
+                               hint="call ex.show(...) or ex.export(...) with them first")
+        return {n: self.graphs[n] for n in wanted}
+
+    # ---- overlays and sync -------------------------------------------------------------
+    @property
+    def overlays_dir(self) -> Path:
+        return self.data_dir / "overlays"
+
+    def overlays(self) -> list[dict]:
+        """Each overlay: name, title, the graphs it colours, whether it can be shown now and why not."""
+        from workbench.overlays import APPLIES_TO, TIMING_UNAVAILABLE
+
+        out = []
+        src = None
+        for name, title in OVERLAYS.items():
+            why = ""
+            if name == "timing":
+                why = TIMING_UNAVAILABLE
+            elif name == "compare":
+                try:
+                    _, cname = self._comparison(None)
+                    title = f"{title} ({cname})"
+                except WorkbenchError as e:
+                    why = e.message
+            else:
+                src = src or self.sources()
+                if src.tflite is None:
+                    why = f"no converted model: {src.no_tflite[0]}"
+                elif name == "quant_error":
+                    man = _manifest(src.tflite)
+                    if not (man or {}).get("quant_error"):
+                        why = (f"{src.tflite.name} has no per-op quantization error "
+                               f"({'not quantized' if man and man.get('recipe') == 'none' else 'not measured'})")
+            out.append({"name": name, "title": title, "graphs": list(APPLIES_TO[name]), "available": not why,
+                        "why": why})
+        return out
+
+    def _comparison(self, comparison: Any) -> tuple[Any, str]:
+        """(Comparison, its name) for the compare overlay."""
+        from workbench.compare import Comparison
+
+        if isinstance(comparison, Comparison):
+            return comparison, "given"
+        if isinstance(comparison, (str, Path)) and Path(comparison).suffix == ".json" and Path(comparison).is_file():
+            try:
+                d = json.loads(Path(comparison).read_text())
+                return Comparison.from_json(d.get("result", d)), Path(comparison).stem
+            except (ValueError, KeyError, TypeError) as e:
+                raise OverlayError(f"{comparison} is not a comparison ({type(e).__name__}: {e})",
+                                   hint="give a file written by wb.compare(...) or Comparison.to_json()") from None
+        wb = self._project_wb()
+        if wb is None:
+            raise OverlayError("no comparison to show: a Hugging Face folder has none recorded",
+                               hint="pass comparison= (a Comparison from compare(...), or its JSON file)")
+        if comparison is not None:
+            return wb.comparison(str(comparison)), str(comparison)
+        states = wb.status(detail=True)["comparisons"]
+        fresh = [n for n, st in states.items() if st == "fresh"]
+        if not fresh:
+            raise OverlayError("the project has no fresh comparison" + (
+                f" (stale: {', '.join(states)})" if states else ""),
+                hint="compare first: wb.compare('first') (or pass comparison=NAME to show a stale one knowingly)")
+        name = max(fresh, key=lambda n: wb.comparisons[n].get("created", ""))
+        return wb.comparison(name), name
+
+    def _project_wb(self):
+        if self._wb is not None:
+            return self._wb
+        if self._project is not None:
+            from workbench.project import Workbench
+
+            return Workbench.open(self._project, readonly=True)
+        return None
+
+    def _tensor_names(self) -> dict:
+        try:
+            return dict(self.sources().get_mapping().tensor_names)
+        except WorkbenchError:
+            return {}
+
+    def overlay(self, name: str, names: Optional[Sequence[str]] = None, comparison: Any = None,
+                export: bool = True) -> Overlay:
+        """Writes (or finds) the node-data files of overlay `name` for the graphs `names`
+        (default: those it applies to); never exports a graph that is cached."""
+        graphs = self.export(names, None) if export else self._exported(names)
+        return self._overlay_for(name, [g for g in graphs.values() if g.ok], comparison)
+
+    def _overlay_for(self, name: Optional[str], graphs: Sequence[Graph], comparison: Any) -> Optional[Overlay]:
+        from workbench import overlays as ovl
+
+        if name is None:
+            return None
+        if name not in OVERLAYS:
+            raise ExploreError(f"unknown overlay {name!r}", hint=f"choose from {', '.join(OVERLAYS)} or None")
+        if name == "timing":
+            raise OverlayError(ovl.TIMING_UNAVAILABLE, hint="choose compare, quant, quant_error or sizes")
+        by_name = {g.name: g for g in graphs}
+        if not any(n in by_name for n in ovl.APPLIES_TO[name]):
+            raise OverlayError(f"the {OVERLAYS[name]} colours the {' and '.join(ovl.APPLIES_TO[name])} graph"
+                               f"{'s' if len(ovl.APPLIES_TO[name]) > 1 else ''}, which is not shown",
+                               hint=f"show {' or '.join(repr(n) for n in ovl.APPLIES_TO[name])} with it")
+        folder = self.overlays_dir
+        if name == "compare":
+            c, cname = self._comparison(comparison)
+            return ovl.compare_overlay(by_name, c, cname, self._tensor_names(), folder)
+        t = by_name["tflite"]
+        index = ovl.tflite_index(t.path, self.data_dir / "tflite")
+        if name == "quant":
+            return ovl.quant_overlay(t, index, folder)
+        if name == "sizes":
+            return ovl.sizes_overlay(t, index, folder)
+        return ovl.quant_error_overlay(t, index, _manifest(t.path), folder)
+
+    def sync_mapping(self, left: str = "original", right: str = "reauthored", export: bool = True) -> Path:
+        """Model Explorer's sync-navigation mapping between two graphs (left pane first):
+        original <-> re-authored from the weight mapping, re-authored <-> converted from the
+        module namespaces they share. Load it with Model Explorer's "Upload mapping"."""
+        graphs = self.export([left, right]) if export else self._exported([left, right])
+        info = self._sync_for([graphs[left], graphs[right]], True)
+        if info["file"] is None:
+            raise ExploreError(f"no sync mapping between {left} and {right}: {info['note']}",
+                               hint="pair original with reauthored, or reauthored with tflite")
+        return info["file"]
+
+    def _sync_for(self, pair: Sequence[Graph], enabled: bool) -> dict:
+        """The split view's sync: the mode the address turns on, the mapping file, a note."""
+        from workbench import overlays as ovl
+
+        names = [g.name for g in pair]
+        out: dict[str, Any] = {"pair": names, "mode": None, "file": None, "note": ""}
+        if not enabled or len(pair) != 2 or not all(g.ok for g in pair):
+            return out
+        folder = self.data_dir / "sync"
+        filename = f"{pair[0].label}__{pair[1].label}.json"
+        upload = "Model Explorer's sync menu (the ⇄ button above the panes) → Upload mapping, this file:"
+        if set(names) == {"original", "reauthored"}:
+            g = {x.name: x for x in pair}
+            try:
+                m = self.sources().get_mapping()
+            except WorkbenchError as e:
+                out["note"] = f"no mapping to pair the graphs with: {e.message}"
+                return out
+            rows = [(e.target, e.source.split(" + ")) for e in m.table() if e.target and e.source]
+            mapping = ovl.pytorch_sync(ovl.pt_nodes(g["original"]), ovl.pt_nodes(g["reauthored"]), rows,
+                                       original_left=names[0] == "original")
+            out["file"] = ovl.write_sync(folder, {"pair": names, "keys": [x.key for x in pair],
+                                                  "mapping": m.fingerprint()}, filename, mapping)
+            out["mode"] = "match_node_id"
+            out["note"] = ("on: selecting an op that reads a weight in one pane selects its twin in the other "
+                           "(Model Explorer's \"match node id\"). For layers, modules and the fused q|k|v too: "
+                           + upload)
+        elif set(names) == {"reauthored", "tflite"}:
+            g = {x.name: x for x in pair}
+            index = ovl.tflite_index(g["tflite"].path, self.data_dir / "tflite")
+            gid = g["tflite"].graph_id
+            if gid not in index["graphs"]:
+                out["note"] = f"the converted model has no {gid} graph"
+                return out
+            mapping = ovl.tflite_sync(ovl.pt_nodes(g["reauthored"]), index["graphs"][gid]["nodes"],
+                                      reauthored_left=names[0] == "reauthored")
+            out["file"] = ovl.write_sync(folder, {"pair": names, "keys": [g["reauthored"].key,
+                                                                          ovl.file_identity(g["tflite"].path)],
+                                                  "graph": gid},
+                                         filename.replace(".json", f".{gid}.json"), mapping)
+            out["note"] = (f"ops of the same module pair up ({gid}); Model Explorer takes this only through "
+                           + upload)
+        else:
+            out["note"] = "the original and the converted graph share no names to pair them by"
+        return out
 
     def close(self) -> None:
         """Stops this kernel's Model Explorer server (a later show() starts a new one)."""
@@ -460,4 +708,4 @@ class Explorer:
                 f"{'running' if self.server.alive() else 'stopped'}<table>{rows}</table></div>")
 
 
-__all__ = ["Explorer", "ExploreError", "ExploreServer", "ExploreView", "LAYOUTS", "shared_server"]
+__all__ = ["Explorer", "ExploreError", "ExploreServer", "ExploreView", "LAYOUTS", "OVERLAYS", "shared_server"]

@@ -19,7 +19,17 @@ unchanged graph is never exported twice and a changed one never read stale. Ever
 file keeps a stable name (`original.pt2`, `reauthored.pt2`): Model Explorer labels a model
 by its file name and node data targets that label. A failed export records its error
 beside it, and the other graphs are unaffected. Beside each graph, `<name>.nodes.json`
-lists its nodes as Model Explorer's adapter names them (id, label, namespace).
+lists its nodes as Model Explorer's adapter names them (id, label, namespace), with each
+node's module stack and the parameters it reads (what overlays and sync mappings are built
+from).
+
+Node ids are chosen so the two PyTorch graphs agree where they mean the same thing: the op
+that reads a weight is named after the checkpoint tensor it comes from, in both graphs
+(`model_layers_1_self_attn_o_proj`; in the re-authored graph through the mapping, so the
+fused q|k|v projection is named after q_proj); every other op is prefixed with its module
+(`model_layers_1_self_attn__mul_2`, `transformer_blocks_1_atten_func__mul_2`), so no
+unrelated ops share an id. Model Explorer's "match node id" sync then pairs the weights'
+ops across the split view with no file to load.
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ GRAPHS = ("original", "reauthored", "tflite")
 TITLES = {"original": "original (transformers)", "reauthored": "re-authored (litert-torch)",
           "tflite": "converted (.tflite)"}
 ADAPTERS = {".pt2": "builtin_pytorch_exportedprogram", ".tflite": "builtin_tflite_flatbuffer"}
-EXPORT_VERSION = 1  # bump when the export itself changes: every cached graph is redone
+EXPORT_VERSION = 2  # bump when the export itself changes: every cached graph is redone
+# 2: shared node ids for the ops that read a weight; module stacks and parameters in the node index
 TOKENS = 8  # the fixed input: this many token ids
 KV = 32  # the re-authored model's KV cache length in its export
 KEEP = 2  # cached exports kept per graph (the newest)
@@ -460,6 +471,14 @@ def _drop_wrapper(ep) -> None:
             node.meta["nn_module_stack"] = {k: v for k, v in stack.items() if k != first}
 
 
+def _mapping_sources(spec: dict) -> dict[str, list[str]]:
+    """litert-torch parameter -> the checkpoint tensors the mapping fills it from."""
+    from workbench.mapping import Mapping
+
+    m = Mapping.from_json(spec["mapping"], checkpoint=spec["hf_dir"])
+    return {e.target: e.source.split(" + ") for e in m.table() if e.target and e.source}
+
+
 def _custom_ops(ep) -> list[str]:
     """Ops outside torch's own namespaces: a .pt2 holding one cannot be loaded where the
     library defining it is not imported (Model Explorer's server)."""
@@ -473,12 +492,104 @@ def _custom_ops(ep) -> list[str]:
     return sorted(found)
 
 
-def _node_index(ep) -> dict:
+WRAPPER_ATTR = {"original": "model", "reauthored": "module"}  # the wrappers' attribute holding the model
+
+
+def _strip(path: str, attr: str) -> str:
+    """A module path or parameter name without our wrapper's attribute (`model.` / `module.`),
+    so it reads as the checkpoint's (original) or litert-torch's (re-authored) name."""
+    if path == attr:
+        return ""
+    return path[len(attr) + 1:] if path.startswith(attr + ".") else path
+
+
+def _ident(name: str) -> str:
+    import re
+
+    out = re.sub(r"\W", "_", name).strip("_")
+    return out if out and not out[0].isdigit() else f"n_{out}"
+
+
+def _params_read(ep, attr: str) -> dict:
+    """fx node -> the parameter names (wrapper stripped) it reads directly."""
+    by_placeholder = {k: _strip(v, attr) for k, v in ep.graph_signature.inputs_to_parameters.items()}
+    out: dict = {}
+    for node in ep.graph_module.graph.nodes:
+        if node.op == "placeholder" and node.name in by_placeholder:
+            for user in node.users:
+                out.setdefault(user, []).append(by_placeholder[node.name])
+    return out
+
+
+def _stack(node, attr: str) -> list[str]:
+    return [_strip(path, attr) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def shared_node_name(tensor: str) -> str:
+    """The id of the op that reads a checkpoint tensor, in both PyTorch graphs:
+    `model.layers.1.self_attn.o_proj.weight` -> `model_layers_1_self_attn_o_proj`."""
+    base = tensor.rsplit(".", 1)[0] if tensor.endswith((".weight", ".bias")) else tensor
+    return _ident(base)
+
+
+def _rename_nodes(ep, name: str, sources: Optional[dict[str, list[str]]] = None) -> int:
+    """Gives the ops of an export the ids described in the module docstring; returns how
+    many read a weight. `sources` (re-authored only): litert-torch parameter -> the checkpoint
+    tensors the mapping fills it from."""
+    attr = WRAPPER_ATTR[name]
+    params = _params_read(ep, attr)
+    graph = ep.graph_module.graph
+    consumers: dict[str, list] = {}  # parameter -> the nodes reading it, in graph order
+    for node in graph.nodes:
+        for p in params.get(node, []):
+            consumers.setdefault(p, []).append(node)
+    wanted: dict = {}
+    for p, nodes in consumers.items():
+        tensor = (sources or {}).get(p, [p])[0] if name == "reauthored" else p
+        if name == "reauthored" and p not in (sources or {}):
+            continue  # a parameter the mapping does not fill (none today): no shared id
+        for k, node in enumerate(nodes):
+            if node not in wanted:
+                wanted[node] = shared_node_name(tensor) + (f"__{k + 1}" if k else "")
+    renamed: dict[str, str] = {}
+    # First move every op aside, so a wanted id is never taken by an op renamed later.
+    ops = [(n, n.name) for n in graph.nodes if n.op == "call_function"]
+    for node, old in ops:
+        node._rename(f"ewb_tmp_{old}")
+    for node, old in ops:
+        if node in wanted:
+            target = wanted[node]
+        else:
+            stack = _stack(node, attr)
+            scope = _ident(stack[-1]) if stack and stack[-1] else name
+            target = f"{scope}__{old}"
+        node._rename(target)
+        renamed[old] = node.name
+    for spec in ep.graph_signature.output_specs:
+        arg = getattr(spec, "arg", None)
+        if arg is not None and getattr(arg, "name", None) in renamed:
+            arg.name = renamed[arg.name]
+    ep.graph_module.recompile()
+    return len(wanted)
+
+
+def _node_index(ep, name: str) -> dict:
     from model_explorer.consts import DEFAULT_SETTINGS
     from model_explorer.pytorch_exported_program_adapter_impl import PytorchExportedProgramAdapterImpl
 
+    attr = WRAPPER_ATTR[name]
     g = PytorchExportedProgramAdapterImpl(ep, DEFAULT_SETTINGS).convert()["graphs"][0]
-    return {"graph_id": g.id, "nodes": [{"id": n.id, "label": n.label, "namespace": n.namespace} for n in g.nodes]}
+    fx = {n.name: n for n in ep.graph_module.graph.nodes}
+    params = {n.name: ps for n, ps in _params_read(ep, attr).items()}
+    nodes = []
+    for n in g.nodes:
+        row = {"id": n.id, "label": n.label, "namespace": n.namespace}
+        if n.id in fx and fx[n.id].op == "call_function":
+            row["stack"] = _stack(fx[n.id], attr)
+            if n.id in params:
+                row["params"] = params[n.id]
+        nodes.append(row)
+    return {"graph_id": g.id, "wrapper": attr, "nodes": nodes}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -499,6 +610,7 @@ def _run_job(spec: dict, job: dict, emit) -> None:
         emit(name, "export")
         ep = _export_original(spec) if name == "original" else _export_reauthored(spec)
         _drop_wrapper(ep)
+        _rename_nodes(ep, name, _mapping_sources(spec) if name == "reauthored" else None)
         custom = _custom_ops(ep)
         if custom:
             raise GraphError(f"the exported graph holds custom ops Model Explorer cannot load: {', '.join(custom)}",
@@ -507,7 +619,7 @@ def _run_job(spec: dict, job: dict, emit) -> None:
         emit(name, "save")
         tmp = folder / f".{name}.pt2.tmp-{uuid.uuid4().hex[:8]}"
         torch.export.save(ep, str(tmp))
-        index = _node_index(ep)
+        index = _node_index(ep, name)
         _atomic_write(folder / f"{name}.nodes.json", json.dumps(index).encode())
         os.replace(tmp, folder / f"{name}.pt2")
         rec.update(file=f"{name}.pt2", graph_id=index["graph_id"], nodes=len(index["nodes"]))

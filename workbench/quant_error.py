@@ -6,7 +6,8 @@ module path (`...TransformerBlock_3/...CausalSelfAttention_atten_func/...`), so 
 error lands on a layer and a component. The error a part *adds* (its worst MSE minus that
 of the matmul part before it, in forward order) ranks the parts; the worst quarter are
 proposed in fp16. It is a one-pass estimate: error compounds, so a part late in the model
-may look worse than it is alone.
+may look worse than it is alone. Every tensor's MSE is kept too (`tensors`, by TFLite
+tensor name): Model Explorer colours each op of the converted graph by it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def summarize(tensor_results: dict[str, dict], recipe, num_layers: int, keep_fra
     top.sort(reverse=True)
     return {"metric": "mse", "signature": "decode", "parts": rows,
             "worst": [{"layer": r["layer"], "component": r["component"], "added": r["added"]} for r in ranked[:k]],
-            "proposal": proposal, "top_tensors": [{"name": n, "mse": v} for v, n in top[:25]]}
+            "proposal": proposal, "top_tensors": [{"name": n, "mse": v} for v, n in top[:25]],
+            # every tensor's MSE (4 significant digits): the per-op overlay in Model Explorer
+            "tensors": {n: (float(f"{v:.4g}") if math.isfinite(v) else v) for v, n in top}}
 
 
 def figure(quant_error: dict) -> Any:
