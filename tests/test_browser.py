@@ -93,3 +93,42 @@ def test_run_and_sweep_panels_render_in_jupyterlab(lab, tmp_path):
         page.locator(".ewb-sweep-panel .js-plotly-plot").first.scroll_into_view_if_needed()
         page.screenshot(path=str(tmp_path / "sweep.png"))
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_the_app_in_the_tour_notebook(lab, tmp_path):
+    """The tour runs in JupyterLab: the app's tab bar, a filled summary, plotly figures and
+    the Model Explorer frame render; a click on a tab and a button reaches the kernel."""
+    with browser.browser_page(height=1100) as page:
+        browser.run_all_cells(page, lab.notebook_url(browser.ROOT / "notebooks" / "00_tour.ipynb"),
+                              ".ewb-app .ewb-explore iframe", timeout_ms=600_000)
+        app = page.locator(".ewb-app").first
+        tabs = app.locator(".lm-TabBar-tab")
+        assert [t.strip() for t in tabs.all_inner_texts()] == ["Build", "Map", "Compare", "Convert", "Run & Sweep",
+                                                              "Explore"]
+        steps = app.locator(".ewb-app-steps").inner_text()
+        assert "blueprint: fresh" in steps and "comparisons: fresh" in steps and "conversions: fresh" in steps
+        assert "sweeps: stale" in steps  # the tour leaves the sweep for the reader to re-run
+        # the tour ends on the Explore tab: Model Explorer's frame, the three graphs
+        frame = app.locator(".ewb-explore iframe").first
+        frame.wait_for(state="visible", timeout=120_000)
+        assert "original (transformers)" in app.inner_text() and "converted (.tflite)" in app.inner_text()
+        app.locator(".lm-TabBar").scroll_into_view_if_needed()
+        page.wait_for_timeout(8000)  # Model Explorer draws the graphs
+        page.screenshot(path=str(tmp_path / "app-explore.png"))
+        # plotly in a tab shown by a click
+        tabs.nth(2).click()
+        page.wait_for_selector(".ewb-app .ewb-compare .js-plotly-plot", timeout=60_000)
+        # a click on the stale step's one-click re-run: the sweep runs again and the header turns fresh
+        tabs.nth(4).click()
+        app.locator("button", has_text="Sweep again").click()
+        page.wait_for_selector(".ewb-app .ewb-sweep-panel :text('2 of 2 recipes converted')", timeout=300_000)
+        steps = app.locator(".ewb-app-steps").inner_text()
+        assert "sweeps: fresh" in steps and "conversions: fresh" in steps
+        assert page.locator(".ewb-app .ewb-sweep-panel .js-plotly-plot .scatterlayer .point").count() == 2
+        app.locator(".ewb-sweep-panel .js-plotly-plot").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "app-sweep.png"))
+        tabs.nth(2).click()
+        app.locator(".lm-TabBar").scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(tmp_path / "app-compare.png"))
+    assert (tmp_path / "app-explore.png").stat().st_size > 10_000

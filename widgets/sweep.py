@@ -30,12 +30,14 @@ class SweepPanel(W.VBox):
     """Try several recipes on one model and pick the one to ship."""
 
     state = traitlets.Unicode("idle", help="idle | running | done | stopped | failed")
+    chosen = traitlets.Unicode("", help="the label picked last (Pick, a click on the plot, or pick())")
 
     def __init__(self, mapping, out: str | Path = "out/sweep", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mapping = mapping
         self.project = None  # set by for_project
         self.name = "sweep"  # the project's sweep record
+        self.fresh = False  # the next run starts over (a stale sweep re-run on a new mapping)
         self.sweep: Optional[Sweep] = None
         self.error: Optional[WorkbenchError] = None
         self._thread: Optional[threading.Thread] = None
@@ -152,14 +154,14 @@ class SweepPanel(W.VBox):
         kw = dict(paths=self.paths(), prefill=prefill, kv=self.kv.value)
         try:
             if self.project is not None:
-                s = self.project.prepare_sweep(self.name, self.selected(), **kw)
+                s = self.project.prepare_sweep(self.name, self.selected(), fresh=self.fresh, **kw)
             else:
-                s = prepare(self.mapping, self.selected(), out=self.out.value, **kw)
+                s = prepare(self.mapping, self.selected(), out=self.out.value, fresh=self.fresh, **kw)
         except WorkbenchError as e:
             self.error, self.state = e, "failed"
             self._say(str(e), error=True)
             return None
-        self.sweep, self.error = s, None
+        self.sweep, self.error, self.fresh = s, None, False
         s.on_row = lambda row: self._show()
         self.state = "running"
         self.run_button.disabled, self.stop_button.disabled = True, False
@@ -213,6 +215,7 @@ class SweepPanel(W.VBox):
             self._say(str(e), error=True)
             return
         where = " — the project's model for run and bundle" if self.project is not None else ""
+        self.chosen = label
         self._say(f"chose {label}: {path.name}{where}")
         self._show()
 
