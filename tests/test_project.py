@@ -21,7 +21,7 @@ from workbench.project import ProjectError, Workbench
 def test_every_step_is_fresh_and_the_folder_is_for_git(llama_project):
     with Workbench.open(llama_project, readonly=True) as wb:
         assert wb.status() == {"blueprint": "fresh", "mapping": "fresh", "comparisons": "fresh",
-                               "conversions": "fresh", "paths": "missing"}
+                               "conversions": "fresh", "paths": "missing", "sweeps": "missing"}
     names = sorted(p.relative_to(llama_project).as_posix() for p in llama_project.rglob("*") if p.is_file()
                    and "checkpoint/" not in p.relative_to(llama_project).as_posix())
     assert names == [".gitignore", ".workbench.lock", "blueprint.json", "comparisons/first.json",
@@ -92,7 +92,7 @@ def test_upstream_edits_mark_downstream_stale_and_nothing_uses_it_silently(llama
     wb.save_blueprint()
     s = wb.status(detail=True)
     assert s["steps"] == {"blueprint": "fresh", "mapping": "stale", "comparisons": "stale", "conversions": "stale",
-                          "paths": "missing"}
+                          "paths": "missing", "sweeps": "missing"}
     assert s["why"]["mapping"] == "made for another blueprint"
     with pytest.raises(ProjectError, match="mapping is stale"):
         wb.compare()
@@ -103,7 +103,7 @@ def test_upstream_edits_mark_downstream_stale_and_nothing_uses_it_silently(llama
     assert wb.conversion_path("fp32", allow_stale=True).is_file()
     wb.save_mapping()  # reviewed against the new blueprint
     assert wb.status() == {"blueprint": "fresh", "mapping": "fresh", "comparisons": "stale", "conversions": "stale",
-                          "paths": "missing"}
+                          "paths": "missing", "sweeps": "missing"}
     # a mapping edit is upstream of results too
     wb.blueprint.set("kv_cache_length", 32)
     wb.save_blueprint()
@@ -193,7 +193,7 @@ def test_cli_new_status_and_project_steps(samples, tmp_path, capsys):
     assert cli.main(["status", "--project", str(root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == {"blueprint": "fresh", "mapping": "fresh", "comparisons": "fresh", "conversions": "missing",
-                            "paths": "missing"}
+                            "paths": "missing", "sweeps": "missing"}
     assert out["comparisons"] == {"c1": "fresh"}
     assert cli.main(["compare", str(samples["qwen2"]), "--project", str(root), "--json"]) == cli.EXIT_ERROR
     assert "not both" in json.loads(capsys.readouterr().out)["error"]
