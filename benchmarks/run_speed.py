@@ -4,8 +4,11 @@
 
 One llama-shaped random checkpoint (>= 100M parameters by default, made under
 benchmarks/_work, never committed; the llama-tiny sample's tokenizer beside it so
-litert-torch's direct export accepts it), converted both ways with the same recipe, then:
-  - decode tok/s of our Runner on the re-authored file, and on export_hf's file;
+litert-torch's direct export accepts it), converted three ways with the same recipe — re-authored
+with the default KV cache layout ([1, kv, heads, dim]), re-authored with the transposed one
+(K [1, heads, kv, dim], V [1, heads, dim, kv]) and litert-torch's direct export (export_hf,
+whose cache is transposed) — then:
+  - decode tok/s of our Runner on each file;
   - decode tok/s of the signature runner called directly (no Runner): the Runner's overhead;
   - decode tok/s of the re-authored PyTorch model, eager, one token at a time;
   - this machine's bound: memory bandwidth (a large numpy copy, measured here) divided by
@@ -30,6 +33,12 @@ sys.path.insert(0, str(HERE))
 from _models import add_sample_tokenizer, llama_checkpoint  # noqa: E402
 
 STEPS = 64
+# row label -> convert() arguments; every layout named, so the rows don't move with the default
+FILES = {
+    "re-authored, default layout": dict(path="reauthored", kv_layout="default"),
+    "re-authored, transposed layout": dict(path="reauthored", kv_layout="transposed"),
+    "export_hf": dict(path="export_hf"),
+}
 
 
 def bandwidth_gbs(size: int = 1 << 30, repeats: int = 5) -> float:
@@ -44,23 +53,24 @@ def bandwidth_gbs(size: int = 1 << 30, repeats: int = 5) -> float:
     return best / 1e9
 
 
-def direct_decode_tok_s(path: Path, threads: int, prompt: list[int]) -> float:
-    """The decode signature runner called in a bare loop (inputs prepared, argmax in numpy)."""
-    from workbench.check import SignatureModel
-
-    sm = SignatureModel(path, threads=threads)
-    sm.prefill(prompt[:-1])
-    tok, pos = prompt[-1], len(prompt) - 1
+def direct_decode_tok_s(sm, prompt: list[int]) -> float:
+    """The decode signature runner called in a bare loop (inputs prepared, argmax in numpy), on
+    the Runner's own interpreter (`sm`, its SignatureModel), so the two differ only by the Runner."""
     runner, names, masked = sm.decode_runner, sm.kv_names, sm.masked
-    kv = sm.kv
-    t = time.perf_counter()
-    for s in range(STEPS):
-        extra = sm._mask([pos + s]) if masked else {}
-        out = runner(tokens=np.array([[tok]], dtype=np.int32), input_pos=np.array([pos + s], dtype=np.int32),
-                     **extra, **kv)
-        kv = {k: out[k] for k in names}
-        tok = int(out["logits"][0, -1].argmax())
-    return STEPS / (time.perf_counter() - t)
+    for steps in (4, STEPS):  # a short first pass, in case the decode signature was not warm
+        sm.reset()
+        sm.prefill(prompt[:-1])
+        tok, pos = prompt[-1], len(prompt) - 1
+        kv = sm.kv
+        t = time.perf_counter()
+        for s in range(steps):
+            extra = sm._mask([pos + s]) if masked else {}
+            out = runner(tokens=np.array([[tok]], dtype=np.int32), input_pos=np.array([pos + s], dtype=np.int32),
+                         **extra, **kv)
+            kv = {k: out[k] for k in names}
+            tok = int(out["logits"][0, -1].argmax())
+        seconds = time.perf_counter() - t
+    return STEPS / seconds
 
 
 def torch_decode_tok_s(mapping, prompt: list[int], threads: int) -> float:
@@ -82,10 +92,12 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--recipe", default="dynamic_int8")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--kv", type=int, default=256)
+    ap.add_argument("--kv", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each row is their median")
     ap.add_argument("--folder", type=Path, default=None,
                     help="an existing llama-shaped checkpoint instead (e.g. benchmarks/_work/tinyllama-1.1b)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the converted files under benchmarks/_work/speed-... and reuse them next time")
     args = ap.parse_args()
     from workbench._quiet import import_stack
 
@@ -101,27 +113,40 @@ def main() -> None:
     m = Mapping.propose(bp, folder)
     params = bp.summary().params
     prompt = [1 + (7 * i) % 400 for i in range(16)]
+    keep = HERE / "_work" / f"speed-{folder.name}-{args.recipe}-kv{args.kv}"
     with tempfile.TemporaryDirectory() as tmp:
+        out = keep if args.keep else Path(tmp)
         files = {}
-        for path in ("reauthored", "export_hf"):
-            res = convert(m, recipe=args.recipe, prefill=[16], kv=args.kv, out=tmp, path=path, analyze=False,
-                          check_steps=0).result()
-            files[path] = res.path
+        for label, kw in FILES.items():
+            name = "-".join(kw.values())
+            if args.keep and (out / f"{name}.tflite").is_file():
+                files[label] = out / f"{name}.tflite"
+                continue
+            res = convert(m, recipe=args.recipe, prefill=[16], kv=args.kv, out=out, name=name, analyze=False,
+                          check_steps=0, **kw).result()
+            files[label] = res.path
         # Interleaved rounds (A, B, C, D, A, B, ...), median per row: this machine is shared and
-        # its speed drifts, so rows measured one after another would carry the drift.
-        runners = {path: Runner(f, threads=args.threads) for path, f in files.items()}
+        # its speed drifts, so rows measured one after another would carry the drift. Each round
+        # starts at the next file and swaps Runner/bare, so no row always runs in the same slot.
+        runners = {label: Runner(f, threads=args.threads) for label, f in files.items()}
         for r in runners.values():
             r.generate(ids=prompt, max_new_tokens=8)  # warm up
         samples: dict[str, list[float]] = {}
-        for _ in range(args.rounds):
-            for path, f in files.items():
-                samples.setdefault(f"Runner, {path}", []).append(
-                    runners[path].generate(ids=prompt, max_new_tokens=STEPS + 1).decode_tok_s)
-                samples.setdefault(f"signature runner directly, {path}", []).append(
-                    direct_decode_tok_s(f, args.threads, prompt))
+        labels = list(files)
+        for i in range(args.rounds):
+            for label in labels[i % len(labels):] + labels[: i % len(labels)]:
+                runner = runners[label]
+                measures = {f"Runner, {label}": lambda: runner.generate(ids=prompt,
+                                                                        max_new_tokens=STEPS + 1).decode_tok_s,
+                            f"signature runner directly, {label}": lambda: direct_decode_tok_s(runner.model, prompt)}
+                for row in (list(measures) if i % 2 == 0 else list(measures)[::-1]):
+                    samples.setdefault(row, []).append(measures[row]())
+        samples = {f"{kind}, {label}": samples[f"{kind}, {label}"]
+                   for label in labels for kind in ("Runner", "signature runner directly")}
         rows = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+        spread = {k: (min(v), max(v)) for k, v in samples.items()}
         rows["PyTorch eager (re-authored)"] = torch_decode_tok_s(m, prompt, args.threads)
-        size = files["reauthored"].stat().st_size
+        size = files["re-authored, default layout"].stat().st_size
     emb = bp.vocab_size * bp.hidden_size * (1 if args.recipe.endswith("int8") else 4)
     step_bytes = size - (0 if bp.tie_embeddings else emb)
     bw = bandwidth_gbs()
@@ -132,10 +157,16 @@ def main() -> None:
     print(f"  machine: copy bandwidth {bw:.1f} GB/s; a decode step reads ~{step_bytes / 1e6:.0f} MB "
           f"-> bound {bound:.0f} tok/s")
     for name, v in rows.items():
-        print(f"  {name:<42} {v:8.1f} tok/s  ({v / bound:5.0%} of the bound)")
-    ours, theirs = rows["Runner, reauthored"], rows["Runner, export_hf"]
-    print(f"  re-authored / export_hf: {ours / theirs:.2f}x;  Runner overhead over the bare signature runner: "
-          f"{rows['signature runner directly, reauthored'] / ours - 1:+.1%}")
+        lo_hi = f"  [{spread[name][0]:.1f}–{spread[name][1]:.1f}]" if name in spread else ""
+        print(f"  {name:<56} {v:8.1f} tok/s  ({v / bound:5.0%} of the bound){lo_hi}")
+    theirs = rows["Runner, export_hf"]
+    bare_theirs = rows["signature runner directly, export_hf"]
+    for layout in ("default", "transposed"):
+        label = f"re-authored, {layout} layout"
+        ours = rows[f"Runner, {label}"]
+        print(f"  {label} / export_hf: Runner {ours / theirs:.2f}x, bare "
+              f"{rows[f'signature runner directly, {label}'] / bare_theirs:.2f}x;  Runner overhead over the bare "
+              f"signature runner: {rows[f'signature runner directly, {label}'] / ours - 1:+.1%}")
     print("  targets: >= 90% of the bound (int8, >= 100M params); no slower than export_hf; Runner overhead <= 5%")
 
 

@@ -35,11 +35,14 @@ def conversions(samples, tmp_path_factory):
             todo.append(((name, recipe, "export_hf"), dict(source=m, recipe=recipe, path="export_hf")))
     m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
     todo.append((("llama", "mixed"), dict(source=m, recipe=MIXED)))
+    # kv 16 == head_dim: K and V both [1, 2, 16, 16], the shape that alone can't tell the layout
+    todo.append((("llama", "dynamic_int8", "transposed"), dict(source=m, recipe="dynamic_int8", kv=16,
+                                                               kv_layout="transposed")))
     results, running = {}, []
     while todo or running:
         while todo and len(running) < 3:
             key, kw = todo.pop(0)
-            running.append((key, convert(kw.pop("source"), prefill=PREFILL, kv=KV, out=out, threads=1, **kw)))
+            running.append((key, convert(kw.pop("source"), prefill=PREFILL, out=out, threads=1, **{"kv": KV, **kw})))
         key, job = running.pop(0)
         results[key] = job.result(timeout=900)
     return out, results
@@ -68,6 +71,11 @@ def test_direct_export_refusals(samples, tmp_path):
         convert(m, recipe=MIXED, kv=64, out=tmp_path, path="export_hf")
     with pytest.raises(ConversionError, match="unknown conversion path"):
         convert(m, kv=64, out=tmp_path, path="direct")
+    with pytest.raises(ConversionError, match="applies to the re-authored path only") as e:
+        convert(m, kv=64, out=tmp_path, path="export_hf", kv_layout="transposed")
+    assert "always lays the cache out transposed" in e.value.hint
+    with pytest.raises(ConversionError, match="unknown kv_layout 'BNHT'"):
+        convert(m, kv=64, out=tmp_path, kv_layout="BNHT")
     bare = tmp_path / "no-tokenizer"
     bare.mkdir()
     for f in ("config.json", "model.safetensors"):
@@ -118,11 +126,32 @@ def test_manifest_describes_the_file(conversions):
     decode = man["signatures"]["decode"]
     assert decode["inputs"]["tokens"] == {"shape": [1, 1], "dtype": "int32"}
     assert decode["outputs"]["logits"]["shape"] == [1, 1, 512]
-    assert decode["inputs"]["kv_cache_k_0"]["shape"] == [1, KV, 2, 16]
+    assert man["kv_layout"] == "transposed"  # the default: K [1, heads, kv, dim], V [1, heads, dim, kv]
+    assert decode["inputs"]["kv_cache_k_0"]["shape"] == [1, 2, KV, 16]
+    assert decode["inputs"]["kv_cache_v_0"]["shape"] == [1, 2, 16, KV]
     assert {"litert-torch", "torch", "ai-edge-litert"} <= set(man["versions"])
     assert man["blueprint_fingerprint"] == Blueprint.from_hf(man["checkpoint"]).fingerprint()
     assert man["check"]["max_abs_diff"] == r.check["max_abs_diff"] and man["peak_rss_bytes"] > 0
     assert not _no_partials(out)
+
+
+def test_transposed_kv_layout_is_recorded_read_and_checked_alike(conversions):
+    """kv_layout="transposed" (K [1, heads, kv, dim], V [1, heads, dim, kv]) asked for by name:
+    in the manifest, read back by SignatureModel (here through its probe: kv 16 == head_dim
+    makes K and V the same shape), and checked as close to transformers as at kv 64."""
+    from workbench.check import SignatureModel
+
+    _, results = conversions
+    t, d = results[("llama", "dynamic_int8", "transposed")], results[("llama", "dynamic_int8")]
+    man = json.loads(t.manifest_path.read_text())
+    assert man["kv_layout"] == "transposed" and man["kv"] == 16
+    decode = man["signatures"]["decode"]["inputs"]
+    assert decode["kv_cache_k_0"]["shape"] == decode["kv_cache_v_0"]["shape"] == [1, 2, 16, 16]
+    sm = SignatureModel(t.path)
+    assert (sm.kv_layout, sm.kv_len, sm.style) == ("transposed", 16, "reauthored")
+    assert t.check["positions"] == d.check["positions"] and t.check["top1_agreement"] == d.check["top1_agreement"]
+    assert abs(t.check["max_abs_diff"] - d.check["max_abs_diff"]) < 1e-3
+    assert abs(t.check["mean_cosine"] - d.check["mean_cosine"]) < 1e-4
 
 
 def test_per_layer_recipe_shows_its_mix(conversions):

@@ -12,18 +12,24 @@ from workbench import cli
 from workbench.runner import Runner, RunnerError
 
 LONG = "Once upon a time, a small robot lived"  # 20 tokens: three prefill_8 chunks
+STYLES = ["reauthored", "reauthored_other_layout", "export_hf"]
 
 
 @pytest.fixture(scope="session")
 def converted(llama_project, tmp_path_factory):
-    """The llama sample in fp32 both ways: the project's re-authored file (kv 32) and a
-    direct export (kv 64)."""
-    from workbench.convert import convert
+    """The llama sample in fp32 three ways: the project's re-authored file (kv 32, the default
+    KV cache layout), re-authored with the other layout (kv 64, checked) and a direct export
+    (kv 64)."""
+    from workbench.convert import DEFAULT_KV_LAYOUT, KV_LAYOUTS, convert
 
     out = tmp_path_factory.mktemp("runner")
+    other = next(lay for lay in KV_LAYOUTS if lay != DEFAULT_KV_LAYOUT)
+    relaid = convert(llama_project / "checkpoint", recipe="none", prefill=[8], kv=64, out=out, kv_layout=other)
     direct = convert(llama_project / "checkpoint", recipe="none", prefill=[8], kv=64, out=out, path="export_hf",
                      check_steps=0).result()
+    relaid = relaid.result()
     return {"reauthored": llama_project / "conversions" / "fp32.tflite", "export_hf": direct.path,
+            "reauthored_other_layout": relaid.path, "other_layout": other, "other_check": relaid.check,
             "hf": llama_project / "checkpoint"}
 
 
@@ -35,10 +41,10 @@ def reauthored_model(converted):
     return Mapping.propose(Blueprint.from_hf(converted["hf"]), converted["hf"]).load()
 
 
-@pytest.mark.parametrize("style", ["reauthored", "export_hf"])
+@pytest.mark.parametrize("style", STYLES)
 def test_greedy_text_matches_pytorch_and_transformers(style, converted, reauthored_model):
     r = Runner(converted[style], tokenizer=converted["hf"])
-    assert r.model.style == style
+    assert r.model.style == style.removesuffix("_other_layout")
     side = r.side_by_side("Once upon a time", converted["hf"], max_new_tokens=12, model=reauthored_model)
     assert side["first_diff"] == {"converted": None, "reauthored": None}, side
     assert len(side["ids"]["converted"]) == 12 and side["text"]["converted"] == side["text"]["transformers"]
@@ -47,7 +53,25 @@ def test_greedy_text_matches_pytorch_and_transformers(style, converted, reauthor
     assert g.peak_rss_bytes > 50_000_000 and g.text == r.decode_text(g.ids)
 
 
-@pytest.mark.parametrize("style", ["reauthored", "export_hf"])
+def test_both_kv_layouts_run_alike(converted):
+    """The re-authored file with the other KV cache layout: read right (layout, kv), and its
+    check as close to transformers as the default layout's (fp32)."""
+    from workbench.check import SignatureModel
+
+    sm = SignatureModel(converted["reauthored_other_layout"])
+    details = sm.decode_runner.get_input_details()
+    shapes = {n: details[n]["shape"].tolist() for n in ("kv_cache_k_0", "kv_cache_v_0")}
+    assert (sm.kv_layout, sm.kv_len) == (converted["other_layout"], 64)
+    if sm.kv_layout == "transposed":
+        assert shapes == {"kv_cache_k_0": [1, 2, 64, 16], "kv_cache_v_0": [1, 2, 16, 64]}
+    else:
+        assert shapes == {"kv_cache_k_0": [1, 64, 2, 16], "kv_cache_v_0": [1, 64, 2, 16]}
+    assert SignatureModel(converted["export_hf"]).kv_layout == "transposed"
+    c = converted["other_check"]
+    assert c["max_abs_diff"] <= 1e-5 and c["vs_reauthored"]["max_abs_diff"] <= 1e-5 and c["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("style", STYLES)
 def test_a_prompt_longer_than_the_largest_prefill_is_chunked(style, converted, reauthored_model):
     r = Runner(converted[style], tokenizer=converted["hf"])
     n = len(r.encode(LONG))

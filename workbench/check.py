@@ -44,11 +44,13 @@ def prompt_ids(hf_dir: str | Path, max_len: int) -> list[int]:
 class SignatureModel:
     """A converted decoder's prefill/decode signatures with the KV cache carried along.
 
-    Two styles are run alike: the re-authoring converter's (`tokens`, `input_pos`, KV
-    caches [1, kv, heads, dim]; causal masking inside) and litert-torch's direct export
-    (`export_hf`: an additive float `mask` [1, 1, T, kv] input, K [1, heads, kv, dim] and V
-    [1, heads, dim, kv]; prefill outputs no logits). The caches are opaque here: zeros,
-    then whatever the last call returned.
+    Two styles are run alike: the re-authoring converter's (`tokens`, `input_pos`; causal
+    masking inside) and litert-torch's direct export (`export_hf`: an additive float `mask`
+    [1, 1, T, kv] input; prefill outputs no logits). The KV cache comes in two layouts:
+    `default` (K and V [1, kv, heads, dim], the re-authoring converter's default) and
+    `transposed` (K [1, heads, kv, dim], V [1, heads, dim, kv]: export_hf's, and the
+    re-authoring converter's with `kv_layout="transposed"`); `kv_layout` and `kv_len` say
+    which. The caches are opaque here: zeros, then whatever the last call returned.
     """
 
     def __init__(self, path: str | Path, threads: int = 2) -> None:
@@ -68,9 +70,35 @@ class SignatureModel:
         self.kv_names = [n for n in self.signatures["decode"]["inputs"] if n.startswith("kv_cache_")]
         details = self.decode_runner.get_input_details()
         self.masked = "mask" in details  # export_hf style
-        self.kv_len = int(details["mask"]["shape"][-1] if self.masked else details[self.kv_names[0]]["shape"][1])
         self.style = "export_hf" if self.masked else "reauthored"
+        self.kv_layout = self._kv_layout(details)
+        self.kv_len = int(details["mask"]["shape"][-1] if self.masked
+                          else details[self.kv_names[0]]["shape"][1 if self.kv_layout == "default" else 2])
         self.reset()
+
+    def _kv_layout(self, details: dict) -> str:
+        """`default` (K = V = [1, kv, heads, dim]) or `transposed` (K [1, heads, kv, dim],
+        V [1, heads, dim, kv]), read from the first layer's cache shapes. When the shapes
+        alone cannot tell ([1, a, b, b]: default with heads == dim, or transposed with
+        kv == dim), one decode step at position 1 on an empty cache shows the axis it wrote."""
+        k = next((n for n in self.kv_names if n.startswith("kv_cache_k")), None)
+        v = next((n for n in self.kv_names if n.startswith("kv_cache_v")), None)
+        if self.masked:  # export_hf lays the cache out transposed, always
+            return "transposed"
+        if k is None or v is None:
+            return "default"
+        ks, vs = [int(x) for x in details[k]["shape"]], [int(x) for x in details[v]["shape"]]
+        if ks != vs:
+            return "transposed"
+        if len(ks) != 4 or ks[2] != ks[3]:
+            return "default"
+        if ks[1] < 2:  # default would mean a one-slot cache; transposed, one head
+            return "transposed"
+        zeros = {n: np.zeros(details[n]["shape"], dtype=details[n]["dtype"]) for n in self.kv_names}
+        out = self.decode_runner(tokens=np.array([[1]], dtype=np.int32), input_pos=np.array([1], dtype=np.int32),
+                                 **zeros)
+        written = np.abs(out[k][0]) > 0  # [a, b, b]
+        return "default" if not written[np.arange(ks[1]) != 1].any() else "transposed"
 
     def reset(self) -> None:
         details = self.decode_runner.get_input_details()

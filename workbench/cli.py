@@ -201,10 +201,10 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
         print(f"warning: {memory_warning(est)}", file=sys.stderr)
     if wb is not None:
         job = wb.convert(args.name, recipe=args.recipe, prefill=prefill, kv=args.kv, progress=progress,
-                         path=args.path)
+                         path=args.path, kv_layout=args.kv_layout)
     else:
         job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
-                      progress=progress, path=args.path)
+                      progress=progress, path=args.path, kv_layout=args.kv_layout)
     try:
         res = job.result()
     except KeyboardInterrupt:
@@ -505,6 +505,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--path", choices=("reauthored", "export_hf"), default="reauthored",
                    help="reauthored (default): our blueprint through litert-torch's generative converter; "
                         "export_hf: litert-torch's direct Hugging Face export of the same folder")
+    v.add_argument("--kv-layout", choices=("default", "transposed"), default=None,
+                   help="the re-authored path's KV cache layout: default [1, kv, heads, dim], or transposed "
+                        "(K [1, heads, kv, dim], V [1, heads, dim, kv], as export_hf's)")
     v.add_argument("--json", action="store_true", help="one JSON object on stdout")
     r = sub.add_parser("run", help="generate text with a converted model (streamed), with its speed")
     r.add_argument("model", nargs="?", help="a converted .tflite")

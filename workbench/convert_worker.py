@@ -205,6 +205,10 @@ def run(spec: dict) -> dict:
                    progress=lambda st, d, t, detail="": emit("progress", stage="load weights", done=d, total=t))
     conv = converter_utils.Converter()
     export_config = converter.ExportConfig()
+    if spec.get("kv_layout", "default") == "transposed":
+        from litert_torch.generative.layers import kv_cache as kv_utils
+
+        export_config.kvcache_layout = kv_utils.KV_LAYOUT_TRANSPOSED
     converter._add_signatures(conv, model, list(spec["prefill"]), kv, None, 0, model.config, [None], export_config)
     analyze = recipe.name != "none" and spec.get("analyze", True)
     low_memory = bool(spec.get("low_memory")) and not analyze
