@@ -305,9 +305,12 @@ def test_guard_refuses_uploads_and_never_sends_cors_star(explored):
     assert status == 403 and "upload" in text
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/apistream/server_director", headers={"Host": f"127.0.0.1:{port}", **_auth(ex)})
-    r = c.getresponse()  # an endless event stream: the headers are enough
+    r = c.getresponse()
     assert r.status == 200
     assert r.getheader("Access-Control-Allow-Origin") is None
+    # not Model Explorer's endless stream (one held connection per page: a notebook with
+    # seven frames would starve the seventh), but one event: come back in a day
+    assert r.getheader("Content-Type") == "text/event-stream" and r.read() == b"retry: 86400000\n\n"
     c.close()
 
 

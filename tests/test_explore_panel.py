@@ -59,3 +59,42 @@ def test_no_conversion_disables_the_tflite_box_and_nothing_ticked_is_refused(sam
         c.value = False
     assert panel.refresh() is None
     assert "no graph chosen" in panel.status.value and panel.error is not None
+
+
+def test_the_overlay_dropdown_recolours_without_exporting(explored, monkeypatch):
+    """Choosing an overlay re-draws the view with its node data and legend; the export cache
+    is never consulted (#14)."""
+    from workbench.explore import Explorer
+    from workbench.graphs import GraphStore
+
+    root, _, _ = explored
+    panel = ExplorePanel(Explorer(root))
+    offered = [v for _, v in panel.overlay.options]
+    assert offered == [None, "compare", "quant", "sizes"]  # fp32: no quantization error to show
+    assert "per-op timing is not available" in panel.overlay_note.value
+    assert "quantization error per op" in panel.overlay_note.value
+    assert panel.recolour() is None  # nothing shown yet: nothing to colour
+    panel.refresh()
+    panel.wait(300)
+    assert panel.state == "done" and "ewb-explore-legend-overlay" not in panel.frame.value
+    assert "match node id" in panel.frame.value  # the sync note is there from the start
+    tree = {str(p): p.stat().st_mtime_ns for p in panel.explorer.store.folder.rglob("*")}
+
+    def no(*a, **k):
+        raise AssertionError("the export cache was consulted")
+
+    monkeypatch.setattr(GraphStore, "ensure", no)
+    monkeypatch.setattr(GraphStore, "_export", no)
+    panel.overlay.value = "compare"  # what choosing it in the dropdown does
+    view = panel.wait(120)
+    assert panel.state == "done", panel.status.value
+    assert view.overlay.name == "compare" and "ewb-explore-legend" in panel.frame.value
+    assert "within the tolerance" in panel.frame.value and "coloured by" in panel.status.value
+    assert "Upload mapping" in panel.frame.value  # the split view holds original and re-authored
+    panel.overlay.value = "quant"
+    view = panel.wait(120)
+    assert view.overlay.name == "quant" and "fp32 weights (not quantized)" in panel.frame.value
+    panel.overlay.value = None
+    view = panel.wait(120)
+    assert view.overlay is None and "quantization scheme" not in panel.frame.value
+    assert {str(p): p.stat().st_mtime_ns for p in panel.explorer.store.folder.rglob("*")} == tree

@@ -1,10 +1,13 @@
-"""The Explore panel: which graphs, layout and height, Refresh, and Model Explorer inline.
+"""The Explore panel: which graphs, layout and height, an overlay, Refresh, and Model Explorer inline.
 
     panel = ExplorePanel.for_project(wb)      # or ExplorePanel(Explorer("sample_models/llama-tiny"))
     panel.refresh(); panel.wait()             # what the Refresh button does: re-exports what changed
+    panel.overlay.value = "compare"; panel.wait()   # re-colours the panes: no export
 
 Refresh runs in the background (exports take seconds to minutes), so the kernel stays free;
-the view is `Explorer.show`'s HTML: Model Explorer's own page in one frame per split view.
+the view is `Explorer.show`'s HTML: Model Explorer's own page in one frame per split view,
+and the overlay's legend beside it. Choosing an overlay re-draws the view from the graphs
+already exported (`show(..., export=False)`), so it never waits for an export.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import ipywidgets as W
 import traitlets
 
 from workbench import WorkbenchError
-from workbench.explore import LAYOUTS, Explorer, ExploreView
+from workbench.explore import LAYOUTS, OVERLAYS, Explorer, ExploreView
 from workbench.graphs import GRAPHS, TITLES
 from workbench_widgets._common import message
 
@@ -36,6 +39,7 @@ class ExplorePanel(W.VBox):
         self.view: Optional[ExploreView] = None
         self.error: Optional[WorkbenchError] = None
         self._thread: Optional[threading.Thread] = None
+        self._again = 0  # asked while busy: 1 re-colour, 2 refresh
         try:
             available = explorer.available()
         except WorkbenchError as e:
@@ -50,6 +54,20 @@ class ExplorePanel(W.VBox):
                                         layout=W.Layout(width="330px"))
         self.height = W.BoundedIntText(value=600, min=150, max=4000, step=50, description="height",
                                        style={"description_width": "60px"}, layout=W.Layout(width="160px"))
+        try:
+            self.overlay_info = explorer.overlays()
+        except WorkbenchError as e:
+            self.overlay_info = [{"name": n, "title": t, "available": False, "why": e.message}
+                                 for n, t in OVERLAYS.items()]
+        self.overlay = W.Dropdown(options=[("no overlay", None)] + [(o["title"], o["name"]) for o in self.overlay_info
+                                                                    if o["available"]],
+                                  value=None, description="overlay", style={"description_width": "60px"},
+                                  layout=W.Layout(width="380px"))
+        self.overlay.observe(lambda _: self.recolour(), names="value")
+        missing = [o for o in self.overlay_info if not o["available"]]
+        self.overlay_note = W.HTML("<div style='color:#777;font-size:12px'>"
+                                   + "<br>".join(f"not offered: {html.escape(o['title'])} — {html.escape(o['why'])}"
+                                                 for o in missing) + "</div>" if missing else "")
         self.refresh_button = W.Button(description="Refresh", icon="refresh", button_style="primary",
                                        tooltip="export what changed since the last time, then show")
         self.refresh_button.on_click(lambda _: self.refresh())
@@ -60,6 +78,7 @@ class ExplorePanel(W.VBox):
             W.HTML("<h3 style='margin:4px 0'>Explore the graphs</h3>"),
             W.HBox(list(self.checks.values())),
             W.HBox([self.layout_choice, self.height, self.refresh_button, self.progress]),
+            W.HBox([self.overlay]), self.overlay_note,
             self.status, self.frame,
         ]
         self.add_class("ewb-explore")
@@ -78,20 +97,36 @@ class ExplorePanel(W.VBox):
     # ---- actions ------------------------------------------------------------------
     def refresh(self) -> Optional[threading.Thread]:
         """Exports what changed (in the background), then shows the chosen graphs."""
-        if self._thread is not None and self._thread.is_alive():
+        return self._run(export=True)
+
+    def recolour(self) -> Optional[threading.Thread]:
+        """Shows the chosen overlay on the graphs exported before (what choosing one does);
+        nothing is exported. Before the first Refresh there is nothing to colour yet."""
+        if self.view is None:
+            return None
+        return self._run(export=False)
+
+    def _run(self, export: bool, chained: bool = False) -> Optional[threading.Thread]:
+        if not chained and self._thread is not None and self._thread.is_alive():
+            # One view at a time: run again when this one ends (an export wins over a recolour).
+            self._again = max(self._again, 2 if export else 1)
             return None
         names, height, layout = self.selected(), self.height.value, self.layout_choice.value
+        overlay = self.overlay.value
         if not names:
             self._error(WorkbenchError("no graph chosen", hint="tick one to three graphs"))
             return None
-        self.state, self.error = "exporting", None
+        self.state, self.error = ("exporting" if export else "colouring"), None
         self.refresh_button.disabled = True
         self.progress.layout.visibility, self.progress.value, self.progress.bar_style = "visible", 0, "info"
-        self.status.value = message("exporting what changed …")
+        self.status.value = message("exporting what changed …" if export else "colouring …")
 
         def work() -> None:
             try:
-                self.view = self.explorer.show(names, height=height, layout=layout, progress=self._on_progress)
+                if not export and any(n not in self.explorer.graphs for n in names):
+                    raise WorkbenchError("a ticked graph is not exported yet", hint="click Refresh")
+                self.view = self.explorer.show(names, height=height, layout=layout, progress=self._on_progress,
+                                               overlay=overlay, export=export)
             except WorkbenchError as e:
                 self._error(e)
                 self.state = "failed"
@@ -101,14 +136,24 @@ class ExplorePanel(W.VBox):
             finally:
                 self.refresh_button.disabled = False
                 self.progress.layout.visibility = "hidden"
+                again, self._again = self._again, 0
+                if again:
+                    self._run(export=again == 2, chained=True)
 
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
         return self._thread
 
     def wait(self, timeout: Optional[float] = None) -> Optional[ExploreView]:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Until the view asked for last is shown (or `timeout` seconds)."""
+        import time
+
+        deadline = None if timeout is None else time.time() + timeout
+        while self._thread is not None:
+            t = self._thread
+            t.join(None if deadline is None else max(0.0, deadline - time.time()))
+            if t is self._thread or (deadline is not None and time.time() >= deadline):
+                break
         return self.view
 
     # ---- rendering ----------------------------------------------------------------
@@ -124,6 +169,8 @@ class ExplorePanel(W.VBox):
             how = "cached" if g.cached else (f"exported in {g.seconds:.1f} s" if g.key else "used in place")
             parts.append(f"{html.escape(TITLES[n])} ({how})")
         text = "showing " + ", ".join(parts) if parts else "nothing could be shown"
+        if view.overlay is not None:
+            text += f"; coloured by {html.escape(view.overlay.title)}"
         if view.failed:
             text += f"; {len(view.failed)} could not be exported (below)"
         self.status.value = message(text, error=bool(view.failed and not parts))

@@ -215,15 +215,51 @@ def _close_shared() -> None:
 
 
 # ---- the view ------------------------------------------------------------------------
-def _frame_html(path_query: str, port: int, height: int, width: str, title: str) -> str:
-    """An iframe whose own small document sends it to the server on the notebook page's
-    host name (127.0.0.1 or localhost; anything else falls back to 127.0.0.1). A srcdoc
-    document runs its script even where a notebook front end inserts HTML without running
-    scripts (widgets), and it shares the page's origin, so it can read the host name."""
-    script = ("<script>var h='127.0.0.1';try{var p=window.parent.location.hostname;"
-              "if(p==='localhost'||p==='127.0.0.1'){h=p;}}catch(e){}"
-              f"window.location.replace('http://'+h+':{port}'+{json.dumps(path_query)});</script>")
-    return (f"<iframe class='ewb-explore-frame' title='{html.escape(title)}' srcdoc=\"{html.escape(script)}\" "
+# The browser keeps about sixteen WebGL contexts per page (older ones are lost and their
+# graphs go blank); Model Explorer holds three per pane. Frames of one notebook page keep at
+# most this many contexts open between them, the ones looked at last.
+WEBGL_BUDGET = 12
+WEBGL_PER_PANE = 3
+_FRAME_SCRIPT = """
+var h='127.0.0.1';try{var p=window.parent.location.hostname;if(p==='localhost'||p==='127.0.0.1'){h=p;}}catch(e){}
+var url='http://'+h+':@PORT@'+@PATH@,w=document.getElementById('w'),reg=null;
+try{reg=window.top.__ewbExplore=window.top.__ewbExplore||[];}catch(e){}
+var me={win:window,cost:@COST@,seen:0,on:false,visible:false};
+me.load=function(){if(me.on)return;var f=document.createElement('iframe');f.src=url;f.title=@TITLE@;
+f.setAttribute('allow','clipboard-write');w.textContent='';w.appendChild(f);me.on=true;};
+me.unload=function(){if(!me.on)return;w.textContent=@CLOSED@;me.on=false;};
+function live(e){try{return !e.win.closed&&!!e.win.frameElement&&e.win.frameElement.isConnected;}catch(x){return false;}}
+function budget(){if(!reg)return;var keep=reg.filter(live);reg.length=0;Array.prototype.push.apply(reg,keep);
+var total=0;keep.forEach(function(e){if(e.on)total+=e.cost;});
+var old=keep.filter(function(e){return e.on&&!e.visible&&e!==me;}).sort(function(a,b){return a.seen-b.seen;});
+while(total>@BUDGET@&&old.length){var e=old.shift();e.unload();total-=e.cost;}}
+if(reg)reg.push(me);
+if(window.IntersectionObserver){new IntersectionObserver(function(es){for(var i=0;i<es.length;i++){
+me.visible=es[i].isIntersecting;if(me.visible){me.seen=Date.now();me.load();budget();}}}).observe(w);}
+else{me.load();}
+"""
+
+
+def _frame_html(path_query: str, port: int, height: int, width: str, title: str, panes: int = 1) -> str:
+    """An iframe whose own small document opens Model Explorer in a frame inside it, on the
+    notebook page's host name (127.0.0.1 or localhost; anything else falls back to
+    127.0.0.1). A srcdoc document runs its script even where a notebook front end inserts
+    HTML without running scripts (widgets), and it shares the page's origin, so it can read
+    the host name.
+
+    Model Explorer opens when the frame is on screen, and the frames of a page share a
+    budget of WebGL contexts (WEBGL_BUDGET): when a frame opens past it, the frame looked
+    at longest ago closes its Model Explorer (and opens it again when shown), instead of
+    the browser dropping the oldest contexts and leaving blank graphs."""
+    script = (_FRAME_SCRIPT.replace("@COST@", str(panes * WEBGL_PER_PANE)).replace("@BUDGET@", str(WEBGL_BUDGET))
+              .replace("@TITLE@", json.dumps(title)).replace("@PORT@", str(port))
+              .replace("@CLOSED@", json.dumps("Model Explorer was closed to free the browser's WebGL contexts for "
+                                              "the views shown since; it opens again here when shown."))
+              .replace("@PATH@", json.dumps(path_query)))  # last: a path is never read as a placeholder
+    doc = ("<style>html,body{margin:0;height:100%}#w{height:100%;font:12px sans-serif;color:#777}"
+           "#w iframe{border:0;width:100%;height:100%;display:block}</style>"
+           "<div id='w'>Model Explorer opens here when shown…</div><script>" + script.strip() + "</script>")
+    return (f"<iframe class='ewb-explore-frame' title='{html.escape(title)}' srcdoc=\"{html.escape(doc)}\" "
             f"style='width:{width};height:{height}px;border:1px solid #ccc;box-sizing:border-box' "
             f"allow='clipboard-write'></iframe>")
 
@@ -259,7 +295,7 @@ class ExploreView:
                                  f"<code>{html.escape(g.label)}</code>" for g in gs)
             parts.append(f"<div class='ewb-explore-pane' data-graphs='{','.join(g.name for g in gs)}' "
                          f"style='width:{width}'><div style='font-size:12px;color:#555'>{caption}</div>"
-                         + _frame_html(pq, self.port, self.height, "100%", title) + "</div>")
+                         + _frame_html(pq, self.port, self.height, "100%", title, min(2, len(gs))) + "</div>")
         body = (f"<div style='display:flex;gap:6px;align-items:flex-start'>{''.join(parts)}</div>" if side
                 else "".join(parts))
         cards = "".join(self._error_card(g) for g in self.failed)
@@ -639,7 +675,8 @@ class Explorer:
             return out
         folder = self.data_dir / "sync"
         filename = f"{pair[0].label}__{pair[1].label}.json"
-        upload = "Model Explorer's sync menu (the ⇄ button above the panes) → Upload mapping, this file:"
+        upload = ("Model Explorer's Sync button (between the two panes' titles) → Upload (\"Upload mapping from "
+                  "computer\") → this file:")
         if set(names) == {"original", "reauthored"}:
             g = {x.name: x for x in pair}
             try:

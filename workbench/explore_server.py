@@ -21,7 +21,13 @@ The guard (every request):
 - uploads are refused; adapter runs (`send_command`, GET and POST), `read_text_file` and
   model paths pushed with `update_config` must name files under the allowed roots
   (symlinks resolved);
-- `Access-Control-Allow-Origin` is never sent; frames only inside 127.0.0.1/localhost pages.
+- `Access-Control-Allow-Origin` is never sent; frames only inside 127.0.0.1/localhost pages;
+- Model Explorer's push channel (`/apistream/server_director`, an event stream every page
+  holds open for "reload" pushes we never send) is answered at once with "retry in a day":
+  a browser allows six connections per host, so seven frames of one notebook would otherwise
+  leave the seventh waiting for its graphs forever;
+- the page turns on Model Explorer's setting "show side panel only when a node is selected"
+  unless the user set it: in a notebook's frame the side panel would cover the graphs.
 
 The process ends when its parent does: it watches its stdin (a pipe the parent holds; EOF
 when the parent dies, however it dies) and its parent's pid.
@@ -51,6 +57,12 @@ SECRET_HEADER = "X-EWB-Secret"
 ALLOW_PATH = "/__ewb__/allow"  # POST {"roots": [...], "files": [...]}, header secret only
 HEALTH_PATH = "/check_health"
 HEALTH_OK = "model_explorer_ok"
+DIRECTOR_PATH = "/apistream/server_director"
+# Model Explorer's own setting "Show side panel only when a node is selected", on by default
+# in our pages (kept when the user has set it in Model Explorer's settings).
+PAGE_DEFAULTS = (b"<script>try{var k='model_explorer_settings',s=JSON.parse(localStorage.getItem(k)||'{}');"
+                 b"if(!('show_side_panel_on_node_selection' in s)){s.show_side_panel_on_node_selection=true;"
+                 b"localStorage.setItem(k,JSON.stringify(s));}}catch(e){}</script>")
 
 
 def cookie_name(port: int) -> str:
@@ -230,6 +242,11 @@ class Guard:
                 raise Refused(403, "this Model Explorer server needs its secret: open the URL Edge Workbench "
                                    "printed (it carries ?ewb_secret=...)")
             self._check_paths(path, environ)
+            if path == DIRECTOR_PATH:  # see the module docstring: no stream held open per page
+                body = b"retry: 86400000\n\n"
+                start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-store"),
+                                          ("Content-Length", str(len(body)))] + extra)
+                return [body]
             if path == "/api/v1/check_new_version":  # never phones home
                 body = json.dumps({"version": "", "runningVersion": "", "releaseUrl": "", "desktopAppUrl": ""})
                 start_response("200 OK", [("Content-Type", "application/json")] + extra)
@@ -252,7 +269,27 @@ class Guard:
             # also keeps a large model's memory to one copy.
             with self._adapter_lock:
                 return self.app(environ, start)
+        if path == "/" and environ.get("REQUEST_METHOD") == "GET":
+            return self._page(environ, start)
         return self.app(environ, start)
+
+    def _page(self, environ: dict, start) -> list[bytes]:
+        """Model Explorer's page, with its side panel set to open on a node selected (unless
+        the user chose otherwise in its settings): in a notebook's frame the panel would
+        otherwise cover most of each pane of the split view."""
+        captured: dict = {}
+
+        def keep(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        body = b"".join(self.app(environ, keep))
+        headers = captured.get("headers", [])
+        if "html" in dict((k.lower(), v) for k, v in headers).get("content-type", "") and b"<head>" in body:
+            body = body.replace(b"<head>", b"<head>" + PAGE_DEFAULTS, 1)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"] + [("Content-Length", str(len(body)))]
+        start(captured.get("status", "200 OK"), headers)
+        return [body]
 
 
 # ---- the process ---------------------------------------------------------------------
