@@ -31,7 +31,7 @@ LAYOUT_LABELS = {"split": "split view (+ a frame for the third)", "side": "split
 class ExplorePanel(W.VBox):
     """Model Explorer on a model's graphs; nothing here blocks the kernel."""
 
-    state = traitlets.Unicode("idle", help="idle | exporting | done | failed")
+    state = traitlets.Unicode("idle", help="idle | exporting | colouring | done | failed")
 
     def __init__(self, explorer: Explorer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
