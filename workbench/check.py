@@ -81,11 +81,11 @@ class SignatureModel:
         V [1, heads, dim, kv]), read from the first layer's cache shapes. When the shapes
         alone cannot tell ([1, a, b, b]: default with heads == dim, or transposed with
         kv == dim), one decode step at position 1 on an empty cache shows the axis it wrote."""
-        k = next((n for n in self.kv_names if n.startswith("kv_cache_k")), None)
-        v = next((n for n in self.kv_names if n.startswith("kv_cache_v")), None)
         if self.masked:  # export_hf lays the cache out transposed, always
             return "transposed"
-        if k is None or v is None:
+        k = next((n for n in self.kv_names if n.startswith("kv_cache_k")), None)
+        v = k.replace("kv_cache_k", "kv_cache_v") if k else None  # the same layer's V
+        if v not in details:
             return "default"
         ks, vs = [int(x) for x in details[k]["shape"]], [int(x) for x in details[v]["shape"]]
         if ks != vs:
