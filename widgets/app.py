@@ -292,7 +292,7 @@ class App(W.VBox):
 
     def _busy(self, tab: str) -> bool:
         p = self.panels.get(tab)
-        return p is not None and getattr(p, "state", "") in ("running", "exporting")
+        return p is not None and getattr(p, "state", "") in ("running", "exporting", "colouring")
 
     def _strip(self, tab: str, tab_steps: tuple, d: dict) -> None:
         stale = [s for s in tab_steps if d["steps"].get(s) == STALE]
