@@ -200,3 +200,12 @@ def test_falcon_new_decoder_architecture_is_refused_by_name():
     with pytest.raises(BlueprintError, match="new decoder architecture"):
         Blueprint.from_hf_config({"model_type": "falcon", "new_decoder_architecture": True, "num_hidden_layers": 2,
                                   "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 300})
+
+
+def test_alibi_models_keep_the_default_kv_layout(family_checkpoints, tmp_path):
+    """litert-torch 0.10's transposed attention has no ALiBi path: asked for, it is refused up front."""
+    from workbench.convert import ConversionError, convert
+
+    with pytest.raises(ConversionError, match="ALiBi") as e:
+        convert(family_checkpoints["falcon"], recipe="none", prefill=[8], kv=32, out=tmp_path, kv_layout="transposed")
+    assert "kv_layout='default'" in e.value.hint

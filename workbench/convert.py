@@ -436,7 +436,12 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
                                    "always lays the cache out transposed (K [1, heads, kv, dim], V [1, heads, dim, kv])")
     if kv_layout is not None and kv_layout not in KV_LAYOUTS:
         raise ConversionError(f"unknown kv_layout {kv_layout!r}", hint=f"choose one of {', '.join(KV_LAYOUTS)}")
-    kv_layout = "transposed" if path == "export_hf" else (kv_layout or DEFAULT_KV_LAYOUT)
+    alibi = any(bp.layer_spec(i).alibi for i in range(bp.num_layers))
+    if kv_layout == "transposed" and alibi and path == "reauthored":
+        raise ConversionError("litert-torch 0.10's transposed KV cache cannot carry ALiBi biases (Falcon-RW): its "
+                              "export fails on a shape mismatch", hint="use kv_layout='default' for this model")
+    # litert-torch's transposed attention has no ALiBi path: such models keep the default layout
+    kv_layout = "transposed" if path == "export_hf" else (kv_layout or ("default" if alibi else DEFAULT_KV_LAYOUT))
     problems = mapping.problems() + [f"{n}: unused" for n in mapping.unused()] if path == "reauthored" else []
     if problems:
         raise ConversionError("the mapping has problems; converting would bake them in:\n"
