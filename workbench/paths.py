@@ -24,6 +24,21 @@ COLUMNS = (("size_bytes", "size", "MiB", 2**20), ("seconds", "conversion", "s", 
            ("decode_tok_s", "decode", "tok/s", 1))
 
 
+def cell_html(v: Any, key: str, scale: float) -> str:
+    """One measure as a table cell, for this table and the sweep's: top-1 agreement as a
+    percentage, an error to two significant digits, perplexity to one decimal, anything else
+    divided by `scale` (two decimals for MiB and GB, one otherwise); "—" when missing."""
+    if v is None:
+        return "<td>—</td>"
+    if key.startswith("top1"):
+        return f"<td>{v:.0%}</td>"
+    if key.startswith("err") or key == "max_abs_diff":
+        return f"<td>{v:.2g}</td>"
+    if key == "perplexity":
+        return f"<td>{v:,.1f}</td>"
+    return f"<td>{v / scale:,.{2 if scale > 1 else 1}f}</td>"
+
+
 @dataclasses.dataclass
 class PathComparison:
     """One row per conversion path, measured on the same model, recipe and machine."""
@@ -51,19 +66,9 @@ class PathComparison:
                        for _, label, unit, _ in COLUMNS)
         body = []
         for r in self.rows:
-            cells = []
-            for key, _, unit, scale in COLUMNS:
-                v = r.get(key)
-                if v is None:
-                    cells.append("<td>—</td>")
-                elif key == "top1_agreement":
-                    cells.append(f"<td>{v:.0%}</td>")
-                elif key == "max_abs_diff":
-                    cells.append(f"<td>{v:.2g}</td>")
-                else:
-                    cells.append(f"<td>{v / scale:,.{2 if scale > 1 else 1}f}</td>")
+            cells = "".join(cell_html(r.get(key), key, scale) for key, _, _, scale in COLUMNS)
             body.append(f"<tr><td style='white-space:nowrap'><b>{html.escape(LABELS[r['path']])}</b></td>"
-                        f"{''.join(cells)}</tr>")
+                        f"{cells}</tr>")
         return (f"<table class='ewb-paths'><tr><th>path</th>{head}</tr>{''.join(body)}</table>"
                 f"<div style='color:#777'>recipe {html.escape(str(self.recipe))}, prefill {self.prefill}, kv {self.kv}, "
                 f"{self.threads} threads; each conversion alone on this machine</div>")

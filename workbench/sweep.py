@@ -498,6 +498,8 @@ class Sweep:
     def table_html(self) -> str:
         import html
 
+        from workbench.paths import cell_html
+
         front = set(self.pareto())
         head = "".join(f"<th style='padding:2px 6px'>{html.escape(label)}{f' ({unit})' if unit else ''}</th>"
                        for _, label, unit, _ in COLUMNS)
@@ -514,7 +516,8 @@ class Sweep:
                             f"{html.escape(str(r.get('error')))}"
                             f"{' — ' + html.escape(r['hint']) if r.get('hint') else ''}</td></tr>")
             else:
-                body.append(f"<tr class='ewb-row'>{name}{''.join(_cell(r.get(k), k, s) for k, _, _, s in COLUMNS)}</tr>")
+                cells = "".join(cell_html(r.get(k), k, s) for k, _, _, s in COLUMNS)
+                body.append(f"<tr class='ewb-row'>{name}{cells}</tr>")
         s = self.settings
         return (f"<table class='ewb-sweep'><tr><th>recipe</th>{head}</tr>{''.join(body)}</table>"
                 f"<div style='color:#777'>prefill {s['prefill']}, kv {s['kv']}, {s['threads']} threads, "
@@ -553,18 +556,6 @@ class Sweep:
                           title=f"Recipe sweep — kv {s['kv']}, {s['threads']} threads",
                           xaxis_title="size (MiB)", yaxis_title="decode (tok/s)", font=dict(size=11))
         return fig
-
-
-def _cell(v: Any, key: str, scale: float) -> str:
-    if v is None:
-        return "<td>—</td>"
-    if key.startswith("top1"):
-        return f"<td>{v:.0%}</td>"
-    if key.startswith("err"):
-        return f"<td>{v:.2g}</td>"
-    if key == "perplexity":
-        return f"<td>{v:,.1f}</td>"
-    return f"<td>{v / scale:,.{2 if scale > 1 else 1}f}</td>"
 
 
 def _dask_client(address: str, timeout: float):
