@@ -438,12 +438,15 @@ class Sweep:
         by_cpu = max(1, (os.cpu_count() or 1) // max(1, self.settings["threads"]))
         n = min(requested or by_cpu, by_mem)
         if requested and n < requested:
-            self.notes.append(f"{requested} conversions at once would need about {requested * peak / 1e9:.1f} GB "
-                              f"({peak / 1e9:.1f} GB each); {avail / 1e9:.1f} GB are available: running {n} at once")
-        warn = memory_warning(peak)
-        if warn:
-            self.notes.append(warn)
+            self._note(f"{requested} conversions at once would need about {requested * peak / 1e9:.1f} GB "
+                       f"({peak / 1e9:.1f} GB each); {avail / 1e9:.1f} GB are available: running {n} at once")
+        self._note(memory_warning(peak))
         return n
+
+    def _note(self, text: str) -> None:
+        """Adds `text` to the notes once: a sweep run again (resumed) does not repeat it."""
+        if text and text not in self.notes:
+            self.notes.append(text)
 
     # -- reading the result ------------------------------------------------------------
     def pareto(self) -> list[str]:
