@@ -146,16 +146,12 @@ def test_dead_dask_address_is_a_clear_error_in_time(samples, tmp_path):
 
 
 def test_too_little_memory_runs_fewer_at_once_and_says_so(samples, tmp_path, monkeypatch):
+    import types
+
     import psutil
 
     s = prepare(samples["llama"], ["none", "fp16", "dynamic_int8"], kv=32, out=tmp_path / "mem")
-    total = psutil.virtual_memory().total
-
-    class Mem:
-        available = int(5e9)
-
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": Mem.available,
-                                                                          "total": total})())
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=int(5e9)))
     s.settings["peak_estimate_bytes"] = int(2e9)
     assert s._local_parallel(4) == 2
     assert "4 conversions at once would need about 8.0 GB" in s.notes[-1] and "running 2 at once" in s.notes[-1]
