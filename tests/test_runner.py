@@ -59,8 +59,8 @@ def test_both_kv_layouts_run_alike(converted):
     from workbench.check import SignatureModel
 
     sm = SignatureModel(converted["reauthored_other_layout"])
-    details = sm.decode_runner.get_input_details()
-    shapes = {n: details[n]["shape"].tolist() for n in ("kv_cache_k_0", "kv_cache_v_0")}
+    details = sm.input_details("decode")
+    shapes = {n: details[n]["shape"] for n in ("kv_cache_k_0", "kv_cache_v_0")}
     assert (sm.kv_layout, sm.kv_len) == (converted["other_layout"], 64)
     if sm.kv_layout == "transposed":
         assert shapes == {"kv_cache_k_0": [1, 2, 64, 16], "kv_cache_v_0": [1, 2, 16, 64]}
@@ -69,6 +69,41 @@ def test_both_kv_layouts_run_alike(converted):
     assert SignatureModel(converted["export_hf"]).kv_layout == "transposed"
     c = converted["other_check"]
     assert c["max_abs_diff"] <= 1e-5 and c["vs_reauthored"]["max_abs_diff"] <= 1e-5 and c["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_the_cache_updated_in_place_gives_the_interpreters_logits(style, converted):
+    """SignatureModel binds each cache as both input and output of the compiled model (updated
+    in place); ai-edge-litert's Interpreter signature runner copies it in and out of every call.
+    Same file, same prompt, two prefill chunks, then decode steps: the same logits and caches."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from workbench.check import SignatureModel
+
+    sm = SignatureModel(converted[style])
+    it = Interpreter(model_path=str(converted[style]), num_threads=2)
+    n = sm.prefills[-1]
+    kv = {k: np.zeros(d["shape"], dtype=d["dtype"]) for k, d in sm.input_details("decode").items()
+          if k in sm.kv_names}
+    ids = [1 + (7 * i) % 50 for i in range(2 * n)]
+    for start in (0, n):  # two chunks: the second reads what the first wrote
+        pos = np.arange(start, start + n, dtype=np.int32)
+        out = it.get_signature_runner(f"prefill_{n}")(tokens=np.array([ids[start:start + n]], dtype=np.int32),
+                                                      input_pos=pos, **sm._mask(pos), **kv)
+        kv = {k: out[k] for k in sm.kv_names}
+        sm.prefill(ids[start:start + n], start=start)
+    assert all(np.array_equal(kv[k], v) for k, v in sm.kv.items())
+    decode = it.get_signature_runner("decode")
+    tok = ids[-1]
+    for p in range(2 * n, 2 * n + 6):
+        out = decode(tokens=np.array([[tok]], dtype=np.int32), input_pos=np.array([p], dtype=np.int32),
+                     **sm._mask([p]), **kv)
+        kv = {k: out[k] for k in sm.kv_names}
+        ours = sm.decode(tok, p)
+        np.testing.assert_array_equal(ours, out["logits"][0, -1])
+        tok = int(ours.argmax())
+    assert all(np.array_equal(kv[k], v) for k, v in sm.kv.items())
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -11,14 +11,27 @@ import contextlib
 import io
 import os
 import sys
+import threading
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+# fd 2 is one per process: two threads saving and restoring it in turn could leave it
+# pointing at /dev/null for good, so one silence at a time (re-entrant for nested use).
+_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def quiet():
-    """Silences Python and C-level stderr, and warnings, for the duration."""
+    """Silences Python and C-level stderr, and warnings, for the duration (one thread at a
+    time: another thread's `quiet()` waits)."""
+    with _LOCK, _silenced():
+        yield
+
+
+@contextlib.contextmanager
+def _silenced():
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -33,8 +46,18 @@ def quiet():
             yield
     finally:
         if saved is not None:
+            _flush_c_streams()  # what C code buffered goes to /dev/null too, not out later
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def _flush_c_streams() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to ask (not on Linux/macOS)
+        pass
 
 
 def import_stack() -> None:

@@ -176,7 +176,7 @@ def _model_facts(tflite: Path) -> dict:
     except (ValueError, RuntimeError) as e:
         raise BundleError(f"{tflite.name} is not a TFLite model ai-edge-litert can load: {e}",
                           hint="pass the .tflite that edge-workbench convert wrote") from None
-    vocab = int(sm.decode_runner.get_output_details()["logits"]["shape"][-1])
+    vocab = sm.vocab
     return {"kv": sm.kv_len, "vocab": vocab, "sha256": _sha256_file(tflite)}
 
 
@@ -575,7 +575,7 @@ def _decode_check(model_file: Path, res: dict, tok) -> list[str]:
         ids = [1, 2, 3, 4]  # no tokenizer to take them from: fixed ids still exercise both signatures
     ids = ids[: min(CHECK_TOKENS, sm.prefills[-1] + 1, sm.kv_len)]
     problems = []
-    vocab = int(sm.decode_runner.get_output_details()["logits"]["shape"][-1])
+    vocab = sm.vocab
     res["vocab"] = vocab
     if max(ids) >= vocab:
         return [f"token ids {ids} exceed the model's vocabulary ({vocab})"]

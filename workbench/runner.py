@@ -74,8 +74,7 @@ class Runner:
                               hint="give a .tflite written by a conversion") from None
         self.path = p
         self.threads = threads
-        out = self.model.decode_runner.get_output_details()
-        self.vocab = int(out["logits"]["shape"][-1])
+        self.vocab = self.model.vocab
         self.tokenizer = None
         self.eos: set[int] = set()
         self.bos: Optional[int] = None
