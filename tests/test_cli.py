@@ -123,3 +123,74 @@ def test_compare_that_does_not_pass_exits_nonzero(samples, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["passed"] is False
     assert data["first_divergence"]["name"] == "transformer_blocks.0.input_norm"
+
+
+# ---- paths and sweep: the text tables read as the notebook's HTML tables ------------
+MEASURES = {"size_bytes": 123_456_789, "seconds": 12.345, "peak_rss_bytes": 1.5e9, "prefill_tok_s": 1234.56,
+            "decode_tok_s": 56.78, "max_abs_diff": 3.14159e-5, "top1_agreement": 0.97, "err_fp32": 0.0,
+            "top1_fp32": 1.0, "err_hf": float("nan"), "top1_hf": None, "perplexity": 12345.678}
+
+
+def _html_cells(html: str) -> list[str]:
+    import re
+
+    return re.findall(r"<td>([^<]*)</td>", html)  # the measures' cells (the name cell has a style)
+
+
+@pytest.mark.parametrize("v", [None, 0, 0.0, 1e-12, 0.97, 1.0, 12.345, 2.5e9, float("nan"), float("inf"),
+                               -float("inf")])
+def test_text_and_html_cells_agree(v):
+    from workbench.paths import COLUMNS as PATH_COLUMNS
+    from workbench.paths import cell_html, cell_text
+    from workbench.sweep import COLUMNS as SWEEP_COLUMNS
+
+    for key, _, _, scale in PATH_COLUMNS + SWEEP_COLUMNS:
+        assert scale >= 1, key  # a value is divided by its scale
+        assert cell_html(v, key, scale) == f"<td>{cell_text(v, key, scale)}</td>"
+    assert cell_text(0.97, "top1_agreement", 1) == cell_text(0.97, "top1_hf", 1) == "97%"
+    assert cell_text(3.14159e-5, "err_fp32", 1) == cell_text(3.14159e-5, "max_abs_diff", 1) == "3.1e-05"
+    assert cell_text(None, "size_bytes", 2**20) == "—"
+
+
+def test_paths_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, monkeypatch, capsys):
+    """No conversion: compare_paths returns a made-up table."""
+    import workbench.paths
+    from workbench.mapping import Mapping
+    from workbench.paths import COLUMNS, PathComparison
+
+    measured = {"path": "reauthored", **{key: MEASURES[key] for key, _, _, _ in COLUMNS}}
+    table = PathComparison(rows=[measured, {"path": "export_hf", "size_bytes": 2**20}],
+                           recipe="dynamic_int8", prefill=[8], kv=64, threads=2)
+    monkeypatch.setattr(Mapping, "propose", lambda *a, **k: None)
+    monkeypatch.setattr(workbench.paths, "compare_paths", lambda m, **kw: table)
+    assert cli.main(["paths", str(samples["llama"])]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert len(text) == 3 and text[0].split()[0] == "path"
+    shown = [line[26:].split() for line in text[1:]]
+    assert shown == [_html_cells(row) for row in table.table_html().split("</tr>")[1:-1]]
+    assert shown[0] == ["117.74", "12.3", "1.50", "3.1e-05", "97%", "1,234.6", "56.8"]
+    assert shown[1] == ["1.00"] + ["—"] * 6
+    assert cli.main(["paths", str(samples["llama"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(table.to_json()))
+
+
+def test_sweep_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, tmp_path, monkeypatch, capsys):
+    """No conversion: sweep() returns a made-up sweep, one row measured, one failed."""
+    import workbench.sweep
+    from workbench.sweep import Item, Sweep
+
+    s = Sweep([Item("fp16", "fp16"), Item("bad", "bad")], {"prefill": [8], "kv": 32, "threads": 2, "eval_tokens": 9},
+              tmp_path / "sweep.json", tmp_path,
+              rows={"fp16": {"label": "fp16", "status": "ok", **MEASURES},
+                    "bad": {"label": "bad", "status": "error", "error": "no such recipe"}})
+    monkeypatch.setattr(workbench.sweep, "sweep", lambda *a, **k: s)
+    assert cli.main(["sweep", str(samples["llama"]), "--recipes", "fp16,bad", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[1].split()[0] == "fp16" and text[2].split()[:3] == ["bad", "failed:", "no"]
+    shown = text[1][28:].split()
+    assert shown == _html_cells(s.table_html())
+    assert shown == ["117.74", "12.3", "1.50", "1,234.6", "56.8", "0", "100%", "nan", "—", "12,345.7"]
+    assert cli.main(["sweep", str(samples["llama"]), "--recipes", "fp16,bad", "--out", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["top1_fp32"] == 1.0 and rows[0]["err_fp32"] == 0.0 and rows[0]["size_bytes"] == 123_456_789
+    assert rows[0]["err_hf"] is None and rows[1]["status"] == "error"  # NaN -> null, as before

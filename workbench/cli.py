@@ -257,13 +257,16 @@ def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
         m = Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
         table = compare_paths(m, out=args.out, **kw)
     lines = [f"{'path':<26}" + "".join(f"{label[:14]:>16}" for _, label, _, _ in COLUMNS)]
-    for r in table.rows:
-        cells = []
-        for key, _, unit, scale in COLUMNS:
-            v = r.get(key)
-            cells.append(f"{'-' if v is None else (f'{v:.2g}' if key == 'max_abs_diff' else f'{v / scale:,.2f}'):>16}")
-        lines.append(f"{LABELS[r['path']]:<26}" + "".join(cells))
+    lines += [f"{LABELS[r['path']]:<26}" + _text_cells(r, COLUMNS, 16) for r in table.rows]
     return table.to_json(), "\n".join(lines)
+
+
+def _text_cells(row: dict, columns: tuple, width: int) -> str:
+    """A table row's measures as right-aligned text, formatted as the notebook's table shows
+    them (`paths.cell_text`: top-1 as a percentage, errors to two significant digits, ...)."""
+    from workbench.paths import cell_text
+
+    return "".join(f"{cell_text(row.get(key), key, scale):>{width}}" for key, _, _, scale in columns)
 
 
 def _finite(obj: Any) -> Any:
@@ -307,12 +310,7 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
         if r.get("status") != "ok":
             lines.append(f"{r['label']:<28}  failed: {r.get('error')}")
             continue
-        cells = []
-        for key, _, _, scale in COLUMNS:
-            v = r.get(key)
-            text = "-" if v is None else (f"{v:.2g}" if key.startswith(("err", "top1")) else f"{v / (scale or 1):,.2f}")
-            cells.append(f"{text:>14}")
-        lines.append(f"{r['label']:<28}" + "".join(cells))
+        lines.append(f"{r['label']:<28}" + _text_cells(r, COLUMNS, 14))
     lines.append(f"Pareto front: {', '.join(s.pareto()) or 'none'}" + (f"; chosen: {s.chosen}" if s.chosen else ""))
     lines += [f"note: {n}" for n in s.notes]
     return _finite({"rows": rows, "pareto": s.pareto(), "chosen": s.chosen, "notes": s.notes,

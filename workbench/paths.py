@@ -24,19 +24,25 @@ COLUMNS = (("size_bytes", "size", "MiB", 2**20), ("seconds", "conversion", "s", 
            ("decode_tok_s", "decode", "tok/s", 1))
 
 
-def cell_html(v: Any, key: str, scale: float) -> str:
-    """One measure as a table cell, for this table and the sweep's: top-1 agreement as a
-    percentage, an error to two significant digits, perplexity to one decimal, anything else
-    divided by `scale` (two decimals for MiB and GB, one otherwise); "—" when missing."""
+def cell_text(v: Any, key: str, scale: float) -> str:
+    """One measure as text, the same in the notebook's tables (sweep, paths) and the CLI's:
+    top-1 agreement as a percentage, an error to two significant digits, perplexity to one
+    decimal, anything else divided by `scale` (two decimals for MiB and GB, one otherwise);
+    "—" when missing. `scale` is 1 for a column shown as measured, never 0."""
     if v is None:
-        return "<td>—</td>"
+        return "—"
     if key.startswith("top1"):
-        return f"<td>{v:.0%}</td>"
+        return f"{v:.0%}"
     if key.startswith("err") or key == "max_abs_diff":
-        return f"<td>{v:.2g}</td>"
+        return f"{v:.2g}"
     if key == "perplexity":
-        return f"<td>{v:,.1f}</td>"
-    return f"<td>{v / scale:,.{2 if scale > 1 else 1}f}</td>"
+        return f"{v:,.1f}"
+    return f"{v / scale:,.{2 if scale > 1 else 1}f}"
+
+
+def cell_html(v: Any, key: str, scale: float) -> str:
+    """`cell_text` as a table cell (its text never needs escaping: digits, "%", "—")."""
+    return f"<td>{cell_text(v, key, scale)}</td>"
 
 
 @dataclasses.dataclass

@@ -204,11 +204,12 @@ def run_item(task: dict, progress: Optional[Callable] = None) -> dict:
 
 
 # ---- the sweep ----------------------------------------------------------------------
+# (key, label, unit, scale): the table (and the CLI's) shows paths.cell_text(row[key], key, scale)
 COLUMNS = (("size_bytes", "size", "MiB", 2**20), ("seconds", "convert", "s", 1),
            ("peak_rss_bytes", "peak mem", "GB", 1e9), ("prefill_tok_s", "prefill", "tok/s", 1),
-           ("decode_tok_s", "decode", "tok/s", 1), ("err_fp32", "max |Δ| vs fp32", "", 0),
-           ("top1_fp32", "top-1 vs fp32", "", 0), ("err_hf", "max |Δ| vs transformers", "", 0),
-           ("top1_hf", "top-1 vs transformers", "", 0), ("perplexity", "perplexity", "", 0))
+           ("decode_tok_s", "decode", "tok/s", 1), ("err_fp32", "max |Δ| vs fp32", "", 1),
+           ("top1_fp32", "top-1 vs fp32", "", 1), ("err_hf", "max |Δ| vs transformers", "", 1),
+           ("top1_hf", "top-1 vs transformers", "", 1), ("perplexity", "perplexity", "", 1))
 
 
 class Sweep:
