@@ -155,7 +155,7 @@ class SignatureModel:
                           else details[self.kv_names[0]]["shape"][1 if self.kv_layout == "default" else 2])
 
     def input_details(self, signature: str) -> dict:
-        """{name: {"shape": [...], "dtype": numpy dtype}} of a signature's inputs."""
+        """{name: {"shape": [...], "dtype": numpy dtype, "size": elements}} of a signature's inputs."""
         return self._details(self.compiled.get_input_tensor_details(signature))
 
     def output_details(self, signature: str) -> dict:
@@ -163,7 +163,8 @@ class SignatureModel:
 
     @staticmethod
     def _details(raw: dict) -> dict:
-        return {n: {"shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"])} for n, d in raw.items()}
+        return {n: {"shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]),
+                    "size": int(np.prod([int(x) for x in d["shape"]]))} for n, d in raw.items()}
 
     def _kv_layout(self, details: dict) -> str:
         """`default` (K = V = [1, kv, heads, dim]) or `transposed` (K [1, heads, kv, dim],
@@ -212,14 +213,14 @@ class SignatureModel:
         for name in read:
             if name in out_details:
                 d = out_details[name]
-                got[name] = outs[name].read(int(np.prod(d["shape"])), d["dtype"]).reshape(d["shape"])
+                got[name] = outs[name].read(d["size"], d["dtype"]).reshape(d["shape"])
         return got
 
     @property
     def kv(self) -> dict[str, np.ndarray]:
         """The caches as arrays (a copy)."""
         details = self.input_details("decode")
-        return {n: b.read(int(np.prod(details[n]["shape"])), details[n]["dtype"]).reshape(details[n]["shape"])
+        return {n: b.read(details[n]["size"], details[n]["dtype"]).reshape(details[n]["shape"])
                 for n, b in self._kv.items()}
 
     def reset(self) -> None:

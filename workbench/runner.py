@@ -15,6 +15,8 @@ logits give the first new token (prefill signatures output no logits).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import threading
 import time
 from pathlib import Path
@@ -50,10 +52,15 @@ class Generation:
         return dataclasses.asdict(self)
 
 
-def _rss() -> int:
+@functools.lru_cache(maxsize=1)
+def _process(pid: int):
     import psutil
 
-    return psutil.Process().memory_info().rss
+    return psutil.Process(pid)
+
+
+def _rss() -> int:
+    return _process(os.getpid()).memory_info().rss  # by pid: a forked child reads its own
 
 
 class Runner:
