@@ -174,6 +174,21 @@ def test_paths_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, m
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(table.to_json()))
 
 
+def test_json_output_is_strict_json_when_a_figure_is_nan(samples, monkeypatch, capsys):
+    """A diverged conversion's error is NaN: --json prints null for it (strict JSON), not a traceback."""
+    import workbench.paths
+    from workbench.mapping import Mapping
+    from workbench.paths import PathComparison
+
+    table = PathComparison(rows=[{"path": "reauthored", "size_bytes": 2**20, "max_abs_diff": float("nan")}],
+                           recipe="dynamic_int8", prefill=[8], kv=64, threads=2)
+    monkeypatch.setattr(Mapping, "propose", lambda *a, **k: None)
+    monkeypatch.setattr(workbench.paths, "compare_paths", lambda m, **kw: table)
+    assert cli.main(["paths", str(samples["llama"]), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert row["max_abs_diff"] is None and row["size_bytes"] == 2**20
+
+
 def test_sweep_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, tmp_path, monkeypatch, capsys):
     """No conversion: sweep() returns a made-up sweep, one row measured, one failed."""
     import workbench.sweep

@@ -277,7 +277,7 @@ def _finite(obj: Any) -> Any:
         return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
 
@@ -592,7 +592,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def emit(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
+    """One JSON document on stdout; NaN and infinities (a diverged model's error) as null, so
+    every command's --json stays strict JSON."""
+    sys.stdout.write(json.dumps(_finite(obj), allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
