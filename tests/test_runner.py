@@ -164,6 +164,13 @@ def test_bad_inputs_are_named(converted, tmp_path, samples):
         Runner(bogus)
     with pytest.raises(RunnerError, match="no model file"):
         Runner(tmp_path / "missing.tflite")
+    # a file cut short (a copy interrupted): refused, where the runtime alone would crash the process
+    data = converted["reauthored"].read_bytes()
+    for cut in (0.1, 0.9, 0.99):
+        (tmp_path / "cut.tflite").write_bytes(data[: int(len(data) * cut)])
+        with pytest.raises(RunnerError, match="not a LiteRT model") as e:
+            Runner(tmp_path / "cut.tflite")
+        assert "\n" not in e.value.message
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model(str(converted["reauthored"]))
@@ -189,6 +196,17 @@ def test_bad_inputs_are_named(converted, tmp_path, samples):
         r.generate("Once", 4, sampling="beam")
     with pytest.raises(RunnerError, match="no chat template"):
         r.generate("Once", 4, chat=True)
+
+
+def test_one_generation_at_a_time(converted):
+    """The model holds one KV cache: a second generation while one streams is refused, not mixed in."""
+    r = Runner(converted["reauthored"], tokenizer=converted["hf"])
+    first = r.stream("Once upon a time", max_new_tokens=8, ids=list(range(1, 5)))
+    next(first)
+    with pytest.raises(RunnerError, match="already generating"):
+        r.generate("Once upon a time", 4)
+    first.close()  # an abandoned stream lets go
+    assert len(r.generate("Once upon a time", 4).ids) == 4
 
 
 def test_run_panel_streams_and_compares(converted, reauthored_model):

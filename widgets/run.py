@@ -86,6 +86,7 @@ class RunPanel(W.VBox):
         self.text, self.error, self.generation = "", None, None
         self.state = "running"
         self.generate_button.disabled, self.stop_button.disabled = True, False
+        self.side_button.disabled = True  # the runner generates one text at a time
         self.speed.value = ""
         kwargs = dict(max_new_tokens=self.max_new.value, sampling=self.sampling.value,
                       temperature=self.temperature.value, top_k=self.top_k.value, top_p=self.top_p.value,
@@ -107,6 +108,7 @@ class RunPanel(W.VBox):
                                      f"{html.escape(str(e))}</div>")
             finally:
                 self.generate_button.disabled, self.stop_button.disabled = False, True
+                self.side_button.disabled = self.hf_dir is None
 
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()

@@ -25,30 +25,33 @@ _LOCK = threading.RLock()
 @contextlib.contextmanager
 def quiet():
     """Silences Python and C-level stderr, and warnings, for the duration (one thread at a
-    time: another thread's `quiet()` waits)."""
-    with _LOCK, _silenced():
+    time: another thread's `quiet()` waits). For imports: it swaps process-wide Python state."""
+    with _LOCK, muted_fd2(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
         yield
 
 
 @contextlib.contextmanager
-def _silenced():
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (some embedded interpreters)
-        saved = None
-    try:
-        if saved is not None:
-            with open(os.devnull, "w") as null:
-                os.dup2(null.fileno(), 2)
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
+def muted_fd2():
+    """Silences C-level stderr (fd 2) only, one thread at a time. `sys.stderr` and the warning
+    filters are left alone, so a notebook's own output (which does not go through fd 2) from
+    other threads is untouched; for native libraries that log as they load (ai-edge-litert)."""
+    with _LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real fd 2 (some embedded interpreters)
+            saved = None
+        try:
+            if saved is not None:
+                with open(os.devnull, "w") as null:
+                    os.dup2(null.fileno(), 2)
             yield
-    finally:
-        if saved is not None:
-            _flush_c_streams()  # what C code buffered goes to /dev/null too, not out later
-            os.dup2(saved, 2)
-            os.close(saved)
+        finally:
+            if saved is not None:
+                _flush_c_streams()  # what C code buffered goes to /dev/null too, not out later
+                os.dup2(saved, 2)
+                os.close(saved)
 
 
 def _flush_c_streams() -> None:

@@ -50,22 +50,25 @@ def prompt_ids(hf_dir: str | Path, max_len: int) -> list[int]:
 
 _ENV = None
 _LIVE: "weakref.WeakSet[SignatureModel]" = weakref.WeakSet()
-_ENV_LOCK = threading.Lock()
+# ai-edge-litert's CompiledModel holds the GIL for a whole call (the Interpreter released it), so
+# two models timed at once in two threads would each measure half speed: timings take turns.
+_TIMING = threading.Lock()
+RUN_INPUTS = {"tokens", "input_pos", "mask"}  # the inputs beside the caches that SignatureModel feeds
 
 
 def _environment():
     """One LiteRT environment per process, made quietly: ai-edge-litert logs on fd 2 every
     accelerator it registers, every vendor plugin it cannot load, and every accelerator it
-    destroys, and in a notebook that would land in whichever cell ran last."""
+    destroys, and in a notebook that would land in whichever cell ran last. (The fd-2 mute's
+    lock is the only lock here, so nothing can take the two in opposite orders.)"""
     global _ENV
-    with _ENV_LOCK:
+    from workbench._quiet import muted_fd2
+
+    with muted_fd2():
         if _ENV is None:
-            from workbench._quiet import quiet
+            from ai_edge_litert.environment import Environment
 
-            with quiet():
-                from ai_edge_litert.environment import Environment
-
-                _ENV = Environment.create()
+            _ENV = Environment.create()
             atexit.register(_release)
         return _ENV
 
@@ -75,21 +78,34 @@ def _release() -> None:
     at /dev/null for the rest of the exit, because the runtime's own environment (made inside the
     first compiled model) is destroyed by a C++ static destructor after Python has finished, and
     logs its accelerators on the way out (`edge-workbench run --json` would end on those lines).
-    Anything Python had to say (a traceback included) has been printed before this runs."""
+    Python's own stderr moves to a copy of the real one first, so what Python still has to say
+    (an atexit handler's error, an unraisable exception) is printed."""
     global _ENV
-    from workbench._quiet import quiet
+    from workbench._quiet import muted_fd2
 
-    with quiet():
+    with muted_fd2():
         for sm in list(_LIVE):
             sm.close()
         _ENV = None
         gc.collect()
     try:
         sys.stderr.flush()
+        real = os.dup(2)
+        sys.stderr = open(real, "w", buffering=1, errors="backslashreplace")
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
+
+
+def _readable(path: Path) -> None:
+    """Refuses a file that is not a whole LiteRT flatbuffer, with the runtime's reason. The
+    CompiledModel parses a truncated file without checking it and crashes the process (a
+    notebook's kernel with it); the Interpreter verifies the flatbuffer first and raises
+    ValueError (a few ms: the file is mapped, no delegate is made)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
 
 class SignatureModel:
@@ -110,23 +126,35 @@ class SignatureModel:
     model and back out on every call, and the model copies it once more from input to output;
     at kv 256 on a 111M model that was half of the time of a decode step. (litert-torch's
     graphs read a cache input only through the update that writes its output, so the aliasing
-    is exact: logits are bit-identical to the signature runners'.) `kv` reads the caches out
-    (a copy), for the few callers that want them as arrays.
+    is exact: logits are bit-identical to the signature runners'; a signature with other inputs
+    beside the caches, such as export_hf's ring-buffer sliding window, is refused.) `kv` reads
+    the caches out (a copy), for the few callers that want them as arrays. A call holds the GIL
+    (a prefill chunk included); one SignatureModel is one cache, so one thread at a time.
     """
 
     def __init__(self, path: str | Path, threads: int = 2) -> None:
-        from workbench._quiet import quiet
+        from workbench._quiet import muted_fd2
+        from workbench.errors import WorkbenchError
 
-        # It logs each vendor plugin it tries, each accelerator of the runtime environment it makes
-        # on first use, and the XNNPACK delegate: all of it while the model is opened.
-        with quiet():
-            self._open(path, threads)
-        if "decode" not in self.signatures or not self.prefills:
-            from workbench.errors import WorkbenchError
-
-            raise WorkbenchError(f"{Path(path).name} has no prefill_N and decode signatures "
-                                 f"(it has {', '.join(self.signatures) or 'none'})",
-                                 hint="convert a decoder with edge-workbench convert")
+        self.compiled = None
+        path = Path(path)
+        _readable(path)
+        try:
+            # It logs each vendor plugin it tries, each accelerator of the runtime environment it
+            # makes on first use, and the XNNPACK delegate: all of it while the model is opened.
+            with muted_fd2():
+                self._open(path, threads)
+            problem = self._unsupported()
+        except RuntimeError as e:  # ai-edge-litert's reasons run over lines ("└ ..."): the first
+            self.close()
+            raise RuntimeError(str(e).strip().splitlines()[0]) from None
+        except BaseException:
+            self.close()
+            raise
+        if problem:
+            self.close()
+            raise WorkbenchError(f"{path.name}: {problem}", hint="convert a decoder with edge-workbench convert "
+                                 "(re-authored, or export_hf with its defaults)")
         _LIVE.add(self)
 
     def _open(self, path: str | Path, threads: int) -> None:
@@ -140,7 +168,7 @@ class SignatureModel:
         self.signatures = self.compiled.get_signature_list()
         self.prefills = sorted(int(n.rsplit("_", 1)[1]) for n in self.signatures if n.startswith("prefill_")
                                and n.rsplit("_", 1)[1].isdigit())
-        if "decode" not in self.signatures or not self.prefills:
+        if "decode" not in self.signatures or not self.prefills or self._unsupported():
             return
         self.kv_names = [n for n in self.signatures["decode"]["inputs"] if n.startswith("kv_cache_")]
         details = self.input_details("decode")
@@ -149,10 +177,30 @@ class SignatureModel:
         self.vocab = int(self.output_details("decode")["logits"]["shape"][-1])
         self._kv = {n: self.compiled.create_input_buffer_by_name("decode", n) for n in self.kv_names}
         self._io: dict[str, tuple[dict, dict, dict]] = {}
+        self._fed: dict[str, dict] = {}
         self.reset()
         self.kv_layout = self._kv_layout(details)
         self.kv_len = int(details["mask"]["shape"][-1] if self.masked
                           else details[self.kv_names[0]]["shape"][1 if self.kv_layout == "default" else 2])
+
+    def _unsupported(self) -> str:
+        """Why this file's signatures cannot be run here ("" when they can): no prefill_N and
+        decode, an input beside the caches that is not fed (a ring-buffer sliding-window cache's
+        masks, say: its attention also reads the cache input after the update, so the in-place
+        binding would be wrong for it), or cache outputs that are not the cache inputs."""
+        if "decode" not in self.signatures or not self.prefills:
+            return (f"no prefill_N and decode signatures (it has {', '.join(self.signatures) or 'none'})")
+        for name in ["decode"] + [f"prefill_{n}" for n in self.prefills]:
+            sig = self.signatures[name]
+            ins = {n for n in sig["inputs"] if not n.startswith("kv_cache_")}
+            caches_in = {n for n in sig["inputs"] if n.startswith("kv_cache_")}
+            caches_out = {n for n in sig["outputs"] if n.startswith("kv_cache_")}
+            if not {"tokens", "input_pos"} <= ins or ins - RUN_INPUTS:
+                return (f"its {name} signature takes {', '.join(sorted(ins))}; the runner feeds tokens, input_pos "
+                        f"and (export_hf) mask beside the KV cache")
+            if caches_in != caches_out:
+                return f"its {name} signature's KV cache outputs are not its cache inputs"
+        return ""
 
     def input_details(self, signature: str) -> dict:
         """{name: {"shape": [...], "dtype": numpy dtype, "size": elements}} of a signature's inputs."""
@@ -201,12 +249,20 @@ class SignatureModel:
             self._io[signature] = ({**ins, **self._kv}, {**outs, **{n: self._kv[n] for n in sig["outputs"]
                                                                    if n in self._kv}},
                                    {n: d for n, d in self.output_details(signature).items() if n in outs})
+            self._fed[signature] = {n: d for n, d in self.input_details(signature).items() if n in ins}
         return self._io[signature]
 
     def run(self, signature: str, read: tuple[str, ...] = ("logits",), **inputs: np.ndarray) -> dict:
         """One call of a signature on the carried cache; returns the outputs named in `read`."""
         ins, outs, out_details = self.buffers(signature)
+        fed = self._fed[signature]
+        if inputs.keys() != fed.keys():
+            raise ValueError(f"{signature} takes {sorted(fed)}, given {sorted(inputs)}")
         for name, value in inputs.items():
+            d = fed[name]
+            if value.dtype != d["dtype"] or value.size != d["size"]:
+                raise ValueError(f"{signature}'s {name} is {d['dtype']} {d['shape']}, given {value.dtype} "
+                                 f"{list(value.shape)}")
             ins[name].write(value)
         self.compiled.run_by_name(signature, ins, outs)
         got = {}
@@ -230,7 +286,7 @@ class SignatureModel:
 
     def close(self) -> None:
         """Frees the runtime's model and buffers (the object is unusable after)."""
-        self._io, self._kv = {}, {}
+        self._io, self._kv, self._fed = {}, {}, {}
         if getattr(self, "compiled", None) is not None:
             self.compiled.close()
             self.compiled = None
@@ -262,7 +318,8 @@ class SignatureModel:
     def speed(self, decode_steps: int = 32, repeats: int = 3) -> dict:
         """Prefill and decode tokens per second on this machine (median of `repeats` runs):
         the largest prefill signature that leaves room for the decode steps, then greedy
-        decode steps. Resets the cache before and after."""
+        decode steps. Resets the cache before and after. One model is timed at a time in this
+        process (`_TIMING`): the runtime holds the GIL through each call."""
         import time
 
         fit = [p for p in self.prefills if p + decode_steps <= self.kv_len] or [self.prefills[0]]
@@ -270,16 +327,17 @@ class SignatureModel:
         steps = max(1, min(decode_steps, self.kv_len - n))
         ids = [1 + (7 * i) % 100 for i in range(n)]
         pre, dec = [], []
-        for _ in range(repeats):
-            self.reset()
-            t = time.perf_counter()
-            self.prefill(ids)
-            pre.append(time.perf_counter() - t)
-            tok = 1
-            t = time.perf_counter()
-            for s in range(steps):
-                tok = int(self.decode(tok, n + s).argmax())
-            dec.append(time.perf_counter() - t)
+        with _TIMING:
+            for _ in range(repeats):
+                self.reset()
+                t = time.perf_counter()
+                self.prefill(ids)
+                pre.append(time.perf_counter() - t)
+                tok = 1
+                t = time.perf_counter()
+                for s in range(steps):
+                    tok = int(self.decode(tok, n + s).argmax())
+                dec.append(time.perf_counter() - t)
         self.reset()
         return {"prefill_tokens": n, "prefill_tok_s": n / sorted(pre)[len(pre) // 2],
                 "decode_steps": steps, "decode_tok_s": steps / sorted(dec)[len(dec) // 2]}

@@ -98,6 +98,7 @@ class Runner:
             self.eos, self.bos = _special_ids(Path(tokenizer), self.tokenizer)
         self.last: Optional[Generation] = None
         self._stop = threading.Event()
+        self._busy = threading.Lock()  # one generation at a time: the model holds one KV cache
 
     # ---- text <-> ids ---------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
@@ -163,6 +164,17 @@ class Runner:
             raise RunnerError(f"{len(prompt_ids)} prompt tokens + max_new_tokens {max_new_tokens} exceed the model's "
                               f"KV cache of {kv}", hint=f"ask for at most {kv - len(prompt_ids)} new tokens, or "
                                                           "convert with a larger kv")
+        if not self._busy.acquire(blocking=False):
+            raise RunnerError("this runner is already generating (its model holds one KV cache)",
+                              hint="wait for that generation, or stop it (runner.stop()), then try again")
+        try:
+            yield from self._generate(prompt, prompt_ids, max_new_tokens, sampling, temperature, top_k, top_p, seed,
+                                      chat)
+        finally:
+            self._busy.release()
+
+    def _generate(self, prompt: str, prompt_ids: list[int], max_new_tokens: int, sampling: str, temperature: float,
+                  top_k: int, top_p: float, seed: Optional[int], chat: bool) -> Iterator[str]:
         rng = np.random.default_rng(seed)
         settings = {"sampling": sampling, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
                     "chat": chat}
