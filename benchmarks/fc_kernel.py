@@ -12,9 +12,9 @@ pass, the weights it streams per second (weight bytes / time) and that as a shar
 machine's memory bandwidth with as many threads (run_speed.bandwidth_gbs).
 
 How to read it: a decode step of an LLM is, by bytes, mostly such a chain. If the chain alone
-streams weights at the rate the LLM's decode does (~20 GB/s with 2 threads, ~12 with 1, ~43%
-of the bound for the 1.1B llama), the kernel sets that rate and nothing around it (attention,
-cache, runtime calls). With `--mb 100` the weights fit this CPU's last-level cache, so the
+streams weights at about the rate the LLM's decode does (~20 GB/s with 2 threads, ~12 with 1,
+~70% of the read bandwidth, for the 1.1B llama), the kernel sets that rate and nothing around
+it (attention, cache, runtime calls). With `--mb 100` the weights fit this CPU's last-level cache, so the
 row shows the kernel's rate without DRAM in the way. Files live under benchmarks/_work/fc-<mb>/
 (git-ignored) and are reused.
 """
