@@ -178,6 +178,23 @@ def test_bad_inputs_are_named(converted, tmp_path, samples):
     flatbuffer_utils.write_model(model, str(tmp_path / "nodecode.tflite"))
     with pytest.raises(RunnerError, match="no prefill_N and decode signatures"):
         Runner(tmp_path / "nodecode.tflite")
+    # a decode signature with an input the runner does not feed (as a ring-buffer cache's masks)
+    import copy
+
+    model = flatbuffer_utils.read_model(str(converted["reauthored"]))
+    decode = next(s for s in model.signatureDefs if s.signatureKey == b"decode")
+    graph = model.subgraphs[decode.subgraphIndex]
+    pos = next(t for t in decode.inputs if t.name == b"input_pos")
+    tensor = copy.deepcopy(graph.tensors[pos.tensorIndex])  # a new, unused graph input
+    tensor.name, tensor.buffer = b"local_mask", 0
+    graph.tensors.append(tensor)
+    graph.inputs = list(graph.inputs) + [len(graph.tensors) - 1]
+    extra = copy.deepcopy(pos)
+    extra.name, extra.tensorIndex = b"local_mask", len(graph.tensors) - 1
+    decode.inputs.append(extra)
+    flatbuffer_utils.write_model(model, str(tmp_path / "extra.tflite"))
+    with pytest.raises(RunnerError, match="decode signature takes input_pos, local_mask, tokens"):
+        Runner(tmp_path / "extra.tflite")
     # a tokenizer with more tokens than the model's vocabulary
     from transformers import AutoTokenizer
 
@@ -196,6 +213,20 @@ def test_bad_inputs_are_named(converted, tmp_path, samples):
         r.generate("Once", 4, sampling="beam")
     with pytest.raises(RunnerError, match="no chat template"):
         r.generate("Once", 4, chat=True)
+
+
+def test_signature_inputs_are_checked(converted):
+    """The runtime's buffers take any bytes: a missing input or a wrong dtype is refused instead."""
+    import numpy as np
+
+    from workbench.check import SignatureModel
+
+    sm = SignatureModel(converted["reauthored"])
+    with pytest.raises(ValueError, match="decode takes"):
+        sm.run("decode", tokens=np.array([[1]], dtype=np.int32))
+    with pytest.raises(ValueError, match="tokens is int32"):
+        sm.run("decode", tokens=np.array([[1.0]], dtype=np.float32), input_pos=np.array([0], dtype=np.int32))
+    assert sm.run("decode", tokens=np.array([[1]], dtype=np.int32), input_pos=np.array([0], dtype=np.int32))["logits"].shape[-1] == sm.vocab
 
 
 def test_one_generation_at_a_time(converted):
