@@ -143,8 +143,7 @@ class SignatureModel:
             # It logs each vendor plugin it tries, each accelerator of the runtime environment it
             # makes on first use, and the XNNPACK delegate: all of it while the model is opened.
             with muted_fd2():
-                self._open(path, threads)
-            problem = self._unsupported()
+                problem = self._open(path, threads)
         except RuntimeError as e:  # ai-edge-litert's reasons run over lines ("└ ..."): the first
             self.close()
             raise RuntimeError(str(e).strip().splitlines()[0]) from None
@@ -157,7 +156,8 @@ class SignatureModel:
                                  "(re-authored, or export_hf with its defaults)")
         _LIVE.add(self)
 
-    def _open(self, path: str | Path, threads: int) -> None:
+    def _open(self, path: str | Path, threads: int) -> str:
+        """Opens the model and its cache buffers; returns why it cannot be run ("" when it can)."""
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator
         from ai_edge_litert.options import CpuOptions, Options
@@ -168,20 +168,22 @@ class SignatureModel:
         self.signatures = self.compiled.get_signature_list()
         self.prefills = sorted(int(n.rsplit("_", 1)[1]) for n in self.signatures if n.startswith("prefill_")
                                and n.rsplit("_", 1)[1].isdigit())
-        if "decode" not in self.signatures or not self.prefills or self._unsupported():
-            return
+        problem = self._unsupported()
+        if problem:
+            return problem
         self.kv_names = [n for n in self.signatures["decode"]["inputs"] if n.startswith("kv_cache_")]
         details = self.input_details("decode")
         self.masked = "mask" in details  # export_hf style
         self.style = "export_hf" if self.masked else "reauthored"
         self.vocab = int(self.output_details("decode")["logits"]["shape"][-1])
+        self._kv_details = {n: details[n] for n in self.kv_names}
         self._kv = {n: self.compiled.create_input_buffer_by_name("decode", n) for n in self.kv_names}
-        self._io: dict[str, tuple[dict, dict, dict]] = {}
-        self._fed: dict[str, dict] = {}
+        self._io: dict[str, tuple[dict, dict, dict, dict]] = {}
         self.reset()
         self.kv_layout = self._kv_layout(details)
         self.kv_len = int(details["mask"]["shape"][-1] if self.masked
                           else details[self.kv_names[0]]["shape"][1 if self.kv_layout == "default" else 2])
+        return ""
 
     def _unsupported(self) -> str:
         """Why this file's signatures cannot be run here ("" when they can): no prefill_N and
@@ -211,8 +213,9 @@ class SignatureModel:
 
     @staticmethod
     def _details(raw: dict) -> dict:
-        return {n: {"shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]),
-                    "size": int(np.prod([int(x) for x in d["shape"]]))} for n, d in raw.items()}
+        shapes = {n: [int(x) for x in d["shape"]] for n, d in raw.items()}
+        return {n: {"shape": shapes[n], "dtype": np.dtype(d["dtype"]), "size": int(np.prod(shapes[n]))}
+                for n, d in raw.items()}
 
     def _kv_layout(self, details: dict) -> str:
         """`default` (K = V = [1, kv, heads, dim]) or `transposed` (K [1, heads, kv, dim],
@@ -248,14 +251,14 @@ class SignatureModel:
                     if n not in self._kv}
             self._io[signature] = ({**ins, **self._kv}, {**outs, **{n: self._kv[n] for n in sig["outputs"]
                                                                    if n in self._kv}},
-                                   {n: d for n, d in self.output_details(signature).items() if n in outs})
-            self._fed[signature] = {n: d for n, d in self.input_details(signature).items() if n in ins}
-        return self._io[signature]
+                                   {n: d for n, d in self.output_details(signature).items() if n in outs},
+                                   {n: d for n, d in self.input_details(signature).items() if n in ins})
+        return self._io[signature][:3]
 
     def run(self, signature: str, read: tuple[str, ...] = ("logits",), **inputs: np.ndarray) -> dict:
         """One call of a signature on the carried cache; returns the outputs named in `read`."""
-        ins, outs, out_details = self.buffers(signature)
-        fed = self._fed[signature]
+        self.buffers(signature)
+        ins, outs, out_details, fed = self._io[signature]  # fed: the inputs' details, caches aside
         if inputs.keys() != fed.keys():
             raise ValueError(f"{signature} takes {sorted(fed)}, given {sorted(inputs)}")
         for name, value in inputs.items():
@@ -275,18 +278,16 @@ class SignatureModel:
     @property
     def kv(self) -> dict[str, np.ndarray]:
         """The caches as arrays (a copy)."""
-        details = self.input_details("decode")
-        return {n: b.read(details[n]["size"], details[n]["dtype"]).reshape(details[n]["shape"])
-                for n, b in self._kv.items()}
+        d = self._kv_details
+        return {n: b.read(d[n]["size"], d[n]["dtype"]).reshape(d[n]["shape"]) for n, b in self._kv.items()}
 
     def reset(self) -> None:
-        details = self.input_details("decode")
         for n, b in self._kv.items():
-            b.write(np.zeros(details[n]["shape"], dtype=details[n]["dtype"]))
+            b.write(np.zeros(self._kv_details[n]["shape"], dtype=self._kv_details[n]["dtype"]))
 
     def close(self) -> None:
         """Frees the runtime's model and buffers (the object is unusable after)."""
-        self._io, self._kv, self._fed = {}, {}, {}
+        self._io, self._kv = {}, {}
         if getattr(self, "compiled", None) is not None:
             self.compiled.close()
             self.compiled = None
