@@ -313,8 +313,8 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
         lines.append(f"{r['label']:<28}" + _text_cells(r, COLUMNS, 14))
     lines.append(f"Pareto front: {', '.join(s.pareto()) or 'none'}" + (f"; chosen: {s.chosen}" if s.chosen else ""))
     lines += [f"note: {n}" for n in s.notes]
-    return _finite({"rows": rows, "pareto": s.pareto(), "chosen": s.chosen, "notes": s.notes,
-                    "record": str(s.record_path), "settings": s.settings}), "\n".join(lines)
+    return {"rows": rows, "pareto": s.pareto(), "chosen": s.chosen, "notes": s.notes,
+            "record": str(s.record_path), "settings": s.settings}, "\n".join(lines)
 
 
 _PICK_CONVERSION = "with --project, --conversion NAME picks one of its conversions"

@@ -35,7 +35,7 @@ PATHS = ("reauthored", "export_hf")
 # KV cache layouts of the re-authored path (litert-torch's kv_cache.KV_LAYOUT_*): "default"
 # (litert-torch's) K = V = [1, kv, heads, dim]; "transposed" K [1, heads, kv, dim], V [1, heads,
 # dim, kv], as litert-torch's direct export (export_hf) always lays it out. Transposed is ours:
-# decode ran 6-20% faster with it at 111M int8, 3% at 1.1B (benchmarks/run_speed.py; README).
+# decode ran 14-26% faster with it at 111M int8, 3% at 1.1B (benchmarks/run_speed.py; README).
 KV_LAYOUTS = ("default", "transposed")
 DEFAULT_KV_LAYOUT = "transposed"
 # litert-torch's quantize names -> what litert-torch's direct export (export_hf) takes: an
