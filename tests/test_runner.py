@@ -250,9 +250,21 @@ def test_run_panel_streams_and_compares(converted, reauthored_model):
     assert not panel.top_p.disabled and panel.top_k.disabled and not panel.temperature.disabled
     panel.sampling.value = "greedy"
     panel.max_new.value = 10
+    gate, real = threading.Event(), panel.runner.stream
+
+    def held(*args, **kwargs):  # the generation waits for the gate: the panel is seen mid-run
+        gate.wait(30)
+        yield from real(*args, **kwargs)
+
+    panel.runner.stream = held
     panel.generate_button.click()
+    assert panel.state == "running" and panel.generate_button.disabled and not panel.stop_button.disabled
+    assert panel.side_button.disabled  # one generation at a time: no side by side meanwhile
+    gate.set()
     g = panel.wait(60)
+    panel.runner.stream = real
     assert panel.state == "done" and g is not None and len(g.ids) == 10
+    assert not panel.side_button.disabled and not panel.generate_button.disabled
     assert panel.text == g.text and "decode" in panel.speed.value and "Once upon a time" in panel.output.value
     panel.side_button.click()
     assert "same tokens" in panel.side_html.value and "transformers" in panel.side_html.value
