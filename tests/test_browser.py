@@ -80,6 +80,16 @@ def test_run_and_sweep_panels_render_in_jupyterlab(lab, tmp_path):
     with browser.browser_page() as page:
         browser.run_all_cells(page, lab.notebook_url(browser.ROOT / "notebooks" / "05_run.ipynb"),
                               ".ewb-sweep-panel tr.ewb-row", timeout_ms=600_000)
+        page.wait_for_selector(".ewb-run .ewb-side-by-side", state="attached", timeout=60_000)
+        run = page.locator(".ewb-run", has=page.locator(".ewb-side-by-side")).first  # generated, then compared
+        run.scroll_into_view_if_needed()
+        # a cell scrolled to is laid out a moment later: wait until its text shows, then read it
+        page.wait_for_function("el => el.innerText.includes('same tokens')", arg=run.element_handle(),
+                               timeout=60_000)
+        text = run.inner_text()
+        assert "tok/s" in text and "same tokens" in text and "transformers" in text
+        assert run.locator("button", has_text="Side by side").is_enabled()  # the generation has ended
+        run.screenshot(path=str(tmp_path / "run.png"))
         sweep = page.locator(".ewb-sweep-panel").first
         sweep.scroll_into_view_if_needed()
         text = sweep.inner_text()
@@ -92,7 +102,7 @@ def test_run_and_sweep_panels_render_in_jupyterlab(lab, tmp_path):
         page.wait_for_selector(".ewb-sweep-panel :text('chose fp16')", timeout=60_000)
         page.locator(".ewb-sweep-panel .js-plotly-plot").first.scroll_into_view_if_needed()
         page.screenshot(path=str(tmp_path / "sweep.png"))
-    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000 and (tmp_path / "run.png").stat().st_size > 10_000
 
 
 def test_the_app_in_the_tour_notebook(lab, tmp_path):
