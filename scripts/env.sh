@@ -13,11 +13,16 @@ command -v "$_py" >/dev/null || _py=python3
 if [ ! -f "$EWB_VENV/.complete" ]; then
   echo "edge-workbench: building the Python environment in $EWB_VENV (about 2 minutes, once)" >&2
   rm -rf "$EWB_VENV"
-  "$_py" -m venv "$EWB_VENV"
-  "$EWB_VENV/bin/python" -m pip install -q --upgrade pip wheel
+  # Checked by hand, not left to `set -e`: sourced after `&&` (or in an `if`), errexit is off,
+  # and a failed install must never be marked complete.
   # torch first and exact: the local CPU wheel; anything looser pulls CUDA builds.
-  "$EWB_VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$EWB_VENV/bin/python" -m pip install -q -e "$EWB_ROOT[notebook,sweep,bundle,test]"
+  if ! { "$_py" -m venv "$EWB_VENV" \
+         && "$EWB_VENV/bin/python" -m pip install -q --upgrade pip wheel \
+         && "$EWB_VENV/bin/python" -m pip install -q "torch==2.13.0" \
+         && "$EWB_VENV/bin/python" -m pip install -q -e "$EWB_ROOT[notebook,sweep,bundle,test]"; }; then
+    echo "edge-workbench: building the environment in $EWB_VENV failed (pip's reason is above); it is not marked complete, so the next run builds it again" >&2
+    return 1 2>/dev/null || exit 1
+  fi
   touch "$EWB_VENV/.complete"
 fi
 # Debian's Chromium for the browser tests and screenshots (Playwright drives it; it

@@ -142,3 +142,16 @@ def test_the_app_in_the_tour_notebook(lab, tmp_path):
         page.wait_for_timeout(1000)
         page.screenshot(path=str(tmp_path / "app-compare.png"))
     assert (tmp_path / "app-explore.png").stat().st_size > 10_000
+
+
+def test_a_stuck_run_names_the_kernels_state(lab):
+    """A notebook that never finishes says what the server's kernels are doing, and the kernel
+    is one that reads every request (ipykernel 7.0-7.3 could leave one unread: cells stuck at [*])."""
+    import ipykernel
+
+    text = browser.kernel_states(lab.notebook_url(browser.ROOT / "notebooks" / "01_build.ipynb"))
+    assert text.startswith("kernels: ") and f"ipykernel {ipykernel.__version__}" in text
+    assert ipykernel.version_info >= (7, 4) or ipykernel.version_info < (7,), ipykernel.__version__
+    bad = browser.kernel_states(lab.notebook_url(browser.ROOT / "notebooks" / "01_build.ipynb").replace(
+        f":{lab.port}", f":{browser.free_port()}"))
+    assert bad.startswith("the server's kernels could not be read")

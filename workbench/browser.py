@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
@@ -133,10 +135,27 @@ def run_all_cells(page, notebook_url: str, wait_for: Optional[str], timeout_ms: 
     else:
         prompts = page.evaluate("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
                                 ".map(e => e.textContent)")
-        raise TimeoutError(f"the notebook did not finish running in {timeout_ms / 1000:.0f} s; prompts: {prompts}")
+        raise TimeoutError(f"the notebook did not finish running in {timeout_ms / 1000:.0f} s; prompts: {prompts}; "
+                           f"{kernel_states(notebook_url)}")
     if wait_for:
         page.wait_for_selector(wait_for, timeout=timeout_ms)
     time.sleep(1.0)  # let plotly and widgets finish drawing
+
+
+def kernel_states(notebook_url: str) -> str:
+    """What the server says of its kernels (for a timeout's message): `idle` with cells still
+    at [*] means a request never reached the kernel; `busy` means a cell is still running."""
+    parts = urllib.parse.urlsplit(notebook_url)
+    token = urllib.parse.parse_qs(parts.query).get("token", [""])[0]
+    try:
+        with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}/api/kernels?token={token}", timeout=5) as r:
+            kernels = json.load(r)
+    except (OSError, ValueError) as e:
+        return f"the server's kernels could not be read ({e})"
+    import ipykernel
+
+    states = ", ".join(f"{k['name']} {k['execution_state']} (last activity {k['last_activity']})" for k in kernels)
+    return f"kernels: {states or 'none'}; ipykernel {ipykernel.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
