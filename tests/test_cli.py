@@ -165,8 +165,15 @@ def test_paths_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, m
     monkeypatch.setattr(workbench.paths, "compare_paths", lambda m, **kw: table)
     assert cli.main(["paths", str(samples["llama"])]) == 0
     text = capsys.readouterr().out.splitlines()
-    assert len(text) == 3 and text[0].split()[0] == "path"
-    shown = [line[26:].split() for line in text[1:]]
+    head, text = text[:-2], text[-2:]
+    assert head[-1].split()[0] == "path" and all(not line[:26].strip() for line in head[:-1])
+    # every label whole (wrapped over the header's lines), each unit under its label
+    columns = ["".join(line[26 + 16 * i: 26 + 16 * (i + 1)].strip() + " " for line in head).split()
+               for i in range(len(COLUMNS))]
+    assert [" ".join(c) for c in columns] == [label + (f" ({unit})" if unit else "")
+                                              for _, label, unit, _ in COLUMNS]
+    assert columns[-1] == ["decode", "(tok/s)"] and columns[0] == ["size", "(MiB)"]
+    shown = [line[26:].split() for line in text]
     assert shown == [_html_cells(row) for row in table.table_html().split("</tr>")[1:-1]]
     assert shown[0] == ["117.74", "12.3", "1.50", "3.1e-05", "97%", "1,234.6", "56.8"]
     assert shown[1] == ["1.00"] + ["—"] * 6
@@ -201,8 +208,10 @@ def test_sweep_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, t
     monkeypatch.setattr(workbench.sweep, "sweep", lambda *a, **k: s)
     assert cli.main(["sweep", str(samples["llama"]), "--recipes", "fp16,bad", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out.splitlines()
-    assert text[1].split()[0] == "fp16" and text[2].split()[:3] == ["bad", "failed:", "no"]
-    shown = text[1][28:].split()
+    first = next(i for i, line in enumerate(text) if line.startswith("fp16"))
+    assert text[first - 1].startswith("recipe") and text[first + 1].split()[:3] == ["bad", "failed:", "no"]
+    assert "transformers" in "".join(text[:first]) and "(MiB)" in text[first - 1]  # labels whole, units shown
+    shown = text[first][28:].split()
     assert shown == _html_cells(s.table_html())
     assert shown == ["117.74", "12.3", "1.50", "1,234.6", "56.8", "0", "100%", "nan", "—", "12,345.7"]
     assert cli.main(["sweep", str(samples["llama"]), "--recipes", "fp16,bad", "--out", str(tmp_path), "--json"]) == 0

@@ -256,9 +256,21 @@ def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
     else:
         m = Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
         table = compare_paths(m, out=args.out, **kw)
-    lines = [f"{'path':<26}" + "".join(f"{label[:14]:>16}" for _, label, _, _ in COLUMNS)]
+    lines = _text_header("path", 26, COLUMNS, 16)
     lines += [f"{LABELS[r['path']]:<26}" + _text_cells(r, COLUMNS, 16) for r in table.rows]
     return table.to_json(), "\n".join(lines)
+
+
+def _text_header(first: str, first_width: int, columns: tuple, width: int) -> list[str]:
+    """A text table's header: each column's whole label, wrapped to the column, with its unit
+    in brackets under it, bottom-aligned over the numbers; `first` heads the row labels."""
+    import textwrap
+
+    cells = [textwrap.wrap(label, width - 2) + ([f"({unit})"] if unit else []) for _, label, unit, _ in columns]
+    height = max(map(len, cells))
+    cells = [[""] * (height - len(c)) + c for c in cells]
+    return [(f"{first if i == height - 1 else '':<{first_width}}" + "".join(f"{c[i]:>{width}}" for c in cells)).rstrip()
+            for i in range(height)]
 
 
 def _text_cells(row: dict, columns: tuple, width: int) -> str:
@@ -305,7 +317,7 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
     if args.pick:
         s.pick(args.pick)
     rows = [s.rows[k] for k in s.labels if k in s.rows]
-    lines = [f"{'recipe':<28}" + "".join(f"{label[:13]:>14}" for _, label, _, _ in COLUMNS)]
+    lines = _text_header("recipe", 28, COLUMNS, 14)
     for r in rows:
         if r.get("status") != "ok":
             lines.append(f"{r['label']:<28}  failed: {r.get('error')}")
