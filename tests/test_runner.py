@@ -227,6 +227,7 @@ def test_signature_inputs_are_checked(converted):
     with pytest.raises(ValueError, match="tokens is int32"):
         sm.run("decode", tokens=np.array([[1.0]], dtype=np.float32), input_pos=np.array([0], dtype=np.int32))
     assert sm.run("decode", tokens=np.array([[1]], dtype=np.int32), input_pos=np.array([0], dtype=np.int32))["logits"].shape[-1] == sm.vocab
+    sm.close()
 
 
 def test_one_generation_at_a_time(converted):

@@ -243,6 +243,10 @@ class SignatureModel:
     def buffers(self, signature: str) -> tuple[dict, dict, dict]:
         """(inputs, outputs, output details) of a signature: name -> the runtime's buffer, the
         caches' being the shared ones (an output cache is its input's buffer). Made on first use."""
+        return self._signature_io(signature)[:3]
+
+    def _signature_io(self, signature: str) -> tuple[dict, dict, dict, dict]:
+        """`buffers(signature)` and the details of the inputs a call feeds (the caches aside)."""
         if signature not in self._io:
             sig = self.signatures[signature]
             ins = {n: self.compiled.create_input_buffer_by_name(signature, n) for n in sig["inputs"]
@@ -253,12 +257,11 @@ class SignatureModel:
                                                                    if n in self._kv}},
                                    {n: d for n, d in self.output_details(signature).items() if n in outs},
                                    {n: d for n, d in self.input_details(signature).items() if n in ins})
-        return self._io[signature][:3]
+        return self._io[signature]
 
     def run(self, signature: str, read: tuple[str, ...] = ("logits",), **inputs: np.ndarray) -> dict:
         """One call of a signature on the carried cache; returns the outputs named in `read`."""
-        self.buffers(signature)
-        ins, outs, out_details, fed = self._io[signature]  # fed: the inputs' details, caches aside
+        ins, outs, out_details, fed = self._signature_io(signature)
         if inputs.keys() != fed.keys():
             raise ValueError(f"{signature} takes {sorted(fed)}, given {sorted(inputs)}")
         for name, value in inputs.items():
@@ -282,8 +285,9 @@ class SignatureModel:
         return {n: b.read(d[n]["size"], d[n]["dtype"]).reshape(d[n]["shape"]) for n, b in self._kv.items()}
 
     def reset(self) -> None:
+        d = self._kv_details
         for n, b in self._kv.items():
-            b.write(np.zeros(self._kv_details[n]["shape"], dtype=self._kv_details[n]["dtype"]))
+            b.write(np.zeros(d[n]["shape"], dtype=d[n]["dtype"]))
 
     def close(self) -> None:
         """Frees the runtime's model and buffers (the object is unusable after)."""
