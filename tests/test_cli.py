@@ -43,9 +43,11 @@ def test_blueprint_human_text(samples, capsys):
 def test_blueprint_lists_problems_of_an_impossible_config(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_attention_heads": 4,
                                                       "num_key_value_heads": 3, "hidden_size": 64}))
-    assert cli.main(["blueprint", str(tmp_path), "--json"]) == 0
+    assert cli.main(["blueprint", str(tmp_path), "--json"]) == cli.EXIT_PROBLEMS  # a script can tell
     data = json.loads(capsys.readouterr().out)
     assert any("num_kv_heads=3" in p for p in data["problems"])
+    assert cli.main(["blueprint", str(tmp_path), "--json", "--allow-problems"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == data["problems"]
 
 
 def test_errors_are_json_with_a_hint_and_a_nonzero_exit(tmp_path, capsys):
@@ -94,7 +96,7 @@ def test_map_with_a_saved_mapping_file(samples, tmp_path, capsys):
     m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
     m.set("ff_down_proj", "model.layers.{}.mlp.fc2")
     path = m.save(tmp_path / "m.json")
-    assert cli.main(["map", str(samples["llama"]), "--mapping", str(path), "--json"]) == 0
+    assert cli.main(["map", str(samples["llama"]), "--mapping", str(path), "--json"]) == cli.EXIT_PROBLEMS
     data = json.loads(capsys.readouterr().out)
     assert len([p for p in data["problems"] if "missing" in p]) == 3 and len(data["unused"]) == 3
     assert cli.main(["map", str(samples["llama"]), "--mapping", str(tmp_path / "none.json"), "--json"]) == 1

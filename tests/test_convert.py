@@ -223,8 +223,10 @@ def test_bad_requests_are_refused_up_front(samples, tmp_path):
     m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
     with pytest.raises(ConversionError, match="prefill length 128 is longer than the KV cache"):
         convert(m, prefill=[8, 128], kv=64, out=tmp_path)
-    with pytest.raises(ConversionError, match="exceeds the model's max_seq_len 256"):
+    with pytest.raises(ConversionError, match=r"kv 4096: .* between 2 and the model's max_seq_len \(256\)"):
         convert(m, prefill=[8], kv=4096, out=tmp_path)
+    with pytest.raises(ConversionError, match=r"kv -5: .* between 2 and"):  # before the prefill check
+        convert(m, prefill=[8], kv=-5, out=tmp_path)
     with pytest.raises(RecipeError, match="unknown quantization scheme"):
         convert(m, recipe="int2", kv=64, out=tmp_path)
     with pytest.raises(RecipeError, match="names layer"):

@@ -21,7 +21,7 @@ import pytest
 from conftest import copy_project
 from explore_fixtures import explored  # noqa: F401 - the shared fixture
 from workbench.explore import Explorer, ExploreError, ExploreServer
-from workbench.explore_server import SECRET_PARAM, cookie_name
+from workbench.explore_server import SECRET_PARAM, cookie_name, cookie_value
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -44,7 +44,19 @@ def _live(ex: Explorer) -> int:
 
 
 def _auth(ex: Explorer) -> dict:
-    return {"Cookie": f"{cookie_name(ex.server.port)}={ex.server.secret}"}
+    return {"Cookie": f"{cookie_name(ex.server.port)}={cookie_value(ex.server.secret, ex.server.port)}"}
+
+
+def _open(port: int, path: str, secret: str, headers: dict | None = None):
+    """GET `path` with the secret in its address, as a browser does: the guard answers with a
+    redirect to the same address without it and the cookie; the redirect is followed with it."""
+    sep = "&" if "?" in path else "?"
+    status, h, _ = _get(port, f"{path}{sep}{SECRET_PARAM}={secret}", headers)
+    if status != 303:
+        return status, h, _
+    assert SECRET_PARAM not in h["Location"] and h["Location"] == path
+    cookie = h["Set-Cookie"].split(";")[0]
+    return _get(port, h["Location"], {**(headers or {}), "Cookie": cookie})
 
 
 def _cmd(path) -> str:
@@ -193,18 +205,17 @@ def test_guard_refuses_without_the_secret(explored):
     assert status == 403 and "wrong secret" in text
     status, _, text = _get(port, "/check_health", {"Cookie": f"{cookie_name(port)}=nope"})
     assert status == 403
-    status, _, text = _get(port, f"/check_health?{SECRET_PARAM}={ex.server.secret}")
+    status, _, text = _open(port, "/check_health", ex.server.secret)
     assert status == 200 and text == "model_explorer_ok"
 
 
 def test_guard_refuses_a_foreign_host_or_origin(explored):
     _, ex, _ = explored
     port = _live(ex)
-    ok = f"/check_health?{SECRET_PARAM}={ex.server.secret}"
     for host in (f"evil.example:{port}", "127.0.0.1", f"127.0.0.1:{port + 1}", f"localhost.evil.example:{port}"):
-        status, _, text = _get(port, ok, {"Host": host})
+        status, _, text = _open(port, "/check_health", ex.server.secret, {"Host": host})
         assert status == 403 and "Host" in text, host
-    status, _, _ = _get(port, ok, {"Host": f"localhost:{port}"})
+    status, _, _ = _open(port, "/check_health", ex.server.secret, {"Host": f"localhost:{port}"})
     assert status == 200
     for origin in ("http://evil.example", "null", f"http://127.0.0.1:{port + 1}"):
         status, _, text = _get(port, "/check_health", {**_auth(ex), "Origin": origin})
@@ -226,7 +237,8 @@ def test_guard_sets_the_cookie_and_drops_the_secret_from_the_page(explored):
     status, headers, _ = _get(port, f"/?data=%7B%7D&{SECRET_PARAM}={ex.server.secret}")
     assert status == 303 and headers["Location"] == "/?data=%7B%7D"
     cookie = headers["Set-Cookie"]
-    assert cookie.startswith(f"{cookie_name(port)}={ex.server.secret};")
+    assert cookie.startswith(f"{cookie_name(port)}={cookie_value(ex.server.secret, port)};")
+    assert ex.server.secret not in cookie  # the cookie reaches every port of this host: never the secret
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     status, headers, text = _get(port, "/?data=%7B%7D", _auth(ex))  # Model Explorer's own reload
     assert status == 200 and "<base href" in text
@@ -397,10 +409,10 @@ def test_cli_prints_a_url_whose_health_answers(explored, tmp_path):
         assert parsed.hostname == "127.0.0.1"
         secret = urllib.parse.parse_qs(parsed.query)[SECRET_PARAM][0]
         port = parsed.port
-        status, _, text = _get(port, f"/check_health?{SECRET_PARAM}={secret}")
+        status, _, text = _open(port, "/check_health", secret)
         assert (status, text) == (200, "model_explorer_ok")
         assert _get(port, "/check_health")[0] == 403
-        assert _get(port, f"/check_health?{SECRET_PARAM}={secret}", {"Host": f"rebound.example:{port}"})[0] == 403
+        assert _open(port, "/check_health", secret, {"Host": f"rebound.example:{port}"})[0] == 403
         listening = [c for c in psutil.Process(out["pid"]).net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN]
         assert {c.laddr.ip for c in listening} == {"127.0.0.1"}

@@ -186,7 +186,9 @@ def test_cli_new_status_and_project_steps(samples, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["steps"]["mapping"] == "missing"
     assert cli.main(["blueprint", "--project", str(root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["family"] == "qwen2"
-    assert cli.main(["map", "--project", str(root), "--json"]) == 0
+    assert cli.main(["map", "--project", str(root), "--json"]) == 0  # reviewed, not recorded
+    assert json.loads(capsys.readouterr().out)["saved"] is False
+    assert cli.main(["map", "--project", str(root), "--save", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["saved"] is True
     assert cli.main(["compare", "--project", str(root), "--name", "c1", "--max-new", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["passed"] is True

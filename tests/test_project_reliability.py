@@ -410,7 +410,7 @@ def test_bad_mapping_with_problems(proj, capsys):
     data = json.loads(before)
     data["tensor_names"]["ff_up_proj"] = "model.layers.{}.mlp.nope"
     bad.write_text(json.dumps(data))
-    assert cli.main(["map", "--project", str(proj), "--mapping", str(bad), "--json"]) == 0
+    assert cli.main(["map", "--project", str(proj), "--mapping", str(bad), "--save", "--json"]) == cli.EXIT_PROBLEMS
     out = json.loads(capsys.readouterr().out)
     assert out["saved"] is False and any("ff_up_proj" in p for p in out["problems"])
     assert not (proj / "mapping.json").exists()

@@ -2,7 +2,13 @@
 
 The rule for every subcommand: human text by default; with `--json`, exactly one
 JSON object on stdout; on failure a non-zero exit and, with `--json`,
-`{"error": ..., "hint": ...}` on stdout (the message goes to stderr as well).
+`{"error": ..., "hint": ...}` on stdout (the message goes to stderr as well, on one line
+with its fix in the command line's words).
+
+Exit codes: 0 done; 1 bad input (the message names the fix); 3 a bug or a broken
+environment; 4 a comparison ran and did not pass; 5 a command reported problems
+(`blueprint`, `map`; `--allow-problems` exits 0 instead); 130 interrupted (nothing half
+written is left).
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from workbench.errors import WorkbenchError
 
 EXIT_ERROR = 1  # the input was wrong: the message says how to fix it
 EXIT_CRASH = 3  # a bug or an environment failure: the message carries the exception
+EXIT_NOT_PASSED = 4  # ran, but the result is outside the tolerance
+EXIT_PROBLEMS = 5  # ran, and reported problems (blueprint, map): a script must be able to tell
+EXIT_INTERRUPTED = 130  # Ctrl-C: the job was cancelled and what it had made removed
 
 
 def _human_bytes(n: int) -> str:
@@ -61,10 +70,9 @@ def cmd_blueprint(args: argparse.Namespace) -> tuple[dict, str]:
         bp.set("kv_cache_length", args.kv)
     s = bp.summary()
     problems = bp.problems()
-    try:
+    config = None  # with problems, no ModelConfig can hold the blueprint: the problems say why
+    if not problems:
         config = configs.to_jsonable(configs.model_config(bp))
-    except (KeyError, ValueError, TypeError):
-        config = None  # a knob so wrong that no ModelConfig can hold it; problems say which
     out = {
         "family": bp.family,
         "name": bp.name,
@@ -87,7 +95,14 @@ def cmd_blueprint(args: argparse.Namespace) -> tuple[dict, str]:
         f"KV cache:   {_human_bytes(s.kv_cache_bytes)} for {s.kv_cache_length} tokens ({bp.kv_cache_dtype})",
     ]
     lines += ["problems:"] + [f"  - {p}" for p in problems] if problems else ["problems:   none"]
+    _problems_exit(args, bool(problems))
     return out, "\n".join(lines)
+
+
+def _problems_exit(args: argparse.Namespace, found: bool) -> None:
+    """A command that reports problems exits EXIT_PROBLEMS, unless --allow-problems."""
+    if found and not args.allow_problems:
+        args._exit_code = EXIT_PROBLEMS
 
 
 def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
@@ -118,10 +133,13 @@ def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
         "counts": m.counts(),
         "notes": sorted({e.hint for e in entries if e.status == "ok" and "converted" in e.hint}),
     }
-    if wb is not None:  # recorded only when it can load: a project's mapping is a reviewed one
-        out["saved"] = not out["problems"] and not out["unused"]
+    if wb is not None:  # recorded (with --save) only when it can load: a project's mapping is a reviewed one
+        out["saved"] = bool(args.save) and not out["problems"] and not out["unused"]
         if out["saved"]:
             wb.save_mapping(m)
+    elif args.save:
+        raise WorkbenchError("--save records the mapping in a project", hint="give --project DIR to save it there")
+    _problems_exit(args, bool(out["problems"] or out["unused"]))
     width = max((len(e.target) for e in entries), default=10)
     lines = [f"{len(m.checkpoint.tensors)} source tensors -> {sum(1 for e in entries if e.target)} parameters: "
              + ", ".join(f"{k} {v}" for k, v in out["counts"].items())]
@@ -129,11 +147,10 @@ def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
     lines += ["problems:"] + [f"  - {p}" for p in out["problems"]] if out["problems"] else ["problems: none"]
     if wb is not None:
         lines.append(f"saved to {wb.root / 'mapping.json'}" if out["saved"] else
+                     f"not saved: run edge-workbench map --project {wb.root} --save" if not args.save else
                      "not saved to the project: fix the problems and unused tensors first")
     return out, "\n".join(lines)
 
-
-EXIT_NOT_PASSED = 4  # ran, but the result is outside the tolerance
 
 
 def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
@@ -183,6 +200,8 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
     if wb is None:
         m = Mapping.open(args.mapping, checkpoint=args.hf_dir) if args.mapping else \
             Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
+    else:
+        wb._need_blueprint()
     prefill = _prefill(args.prefill)
     last = [""]
 
@@ -199,16 +218,24 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
     print(f"estimated peak memory: {est / 1e9:.1f} GB", file=sys.stderr)
     if memory_warning(est):
         print(f"warning: {memory_warning(est)}", file=sys.stderr)
-    if wb is not None:
-        job = wb.convert(args.name, recipe=args.recipe, prefill=prefill, kv=args.kv, progress=progress,
-                         path=args.path, kv_layout=args.kv_layout)
-    else:
-        job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
-                      progress=progress, path=args.path, kv_layout=args.kv_layout)
+    made = _missing_folder(Path(args.out)) if wb is None else None  # what this run creates, removed on Ctrl-C
     try:
-        res = job.result()
+        if wb is not None:
+            job = wb.convert(args.name, recipe=args.recipe, prefill=prefill, kv=args.kv, progress=progress,
+                             path=args.path, kv_layout=args.kv_layout)
+        else:
+            job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
+                          progress=progress, path=args.path, kv_layout=args.kv_layout)
+        try:
+            res = job.result()
+        except KeyboardInterrupt:
+            job.cancel()
+            raise
     except KeyboardInterrupt:
-        job.cancel()
+        _remove_if_empty(made)
+        raise
+    except WorkbenchError:
+        _remove_if_empty(made)  # a refusal or a failed job leaves no empty output folder behind
         raise
     out = res.to_json()
     c = res.check
@@ -218,6 +245,28 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
             f"top-1 agreement {c['top1_agreement']:.0%}, mean cosine {c['mean_cosine']:.6f}\n"
             f"manifest: {res.manifest_path}")
     return out, text
+
+
+def _missing_folder(folder: Path) -> Optional[Path]:
+    """The outermost folder of `folder`'s path that does not exist yet (what a run creates)."""
+    folder = folder.absolute()
+    top = None
+    while not folder.exists():
+        top, folder = folder, folder.parent
+        if folder == folder.parent:
+            break
+    return top
+
+
+def _remove_if_empty(top: Optional[Path]) -> None:
+    """Removes the folders a run created, bottom-up, while they are empty."""
+    if top is None or not top.is_dir():
+        return
+    for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [top]:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def cmd_families(args: argparse.Namespace) -> tuple[dict, str]:
@@ -362,6 +411,15 @@ def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
     return out, text
 
 
+def _recorded_checkpoint(model: Path) -> Optional[str]:
+    """The checkpoint a converted model's manifest names, if that folder still holds a tokenizer."""
+    try:
+        ck = Path(json.loads(model.with_suffix(".json").read_text())["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(ck) if any((ck / f).is_file() for f in ("tokenizer.json", "tokenizer.model")) else None
+
+
 def cmd_bundle(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.bundle import bundle
 
@@ -386,6 +444,15 @@ def cmd_new(args: argparse.Namespace) -> tuple[dict, str]:
     wb.close()
     return ({"project": str(wb.root), "steps": steps},
             f"created {wb.root} from {args.from_hf}\n" + "\n".join(f"  {k:<12} {v}" for k, v in steps.items()))
+
+
+def cmd_set_checkpoint(args: argparse.Namespace) -> tuple[dict, str]:
+    wb = _project(args, write=True, positional="checkpoint_dir")
+    wb.set_checkpoint(args.checkpoint)
+    steps = wb.status()
+    return ({"project": str(wb.root), "checkpoint": str(wb.checkpoint_path()), "steps": steps},
+            f"{wb.root} now reads its checkpoint from {wb.checkpoint_path()}\n"
+            + "\n".join(f"  {k:<12} {v}" for k, v in steps.items()))
 
 
 def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
@@ -443,6 +510,8 @@ def cmd_explore(args: argparse.Namespace) -> tuple[dict, str]:
             emit(out)
         else:
             print(url, flush=True)
+        if args.port and ex.server.port != args.port:
+            print(f"port {args.port} is taken: Model Explorer serves on {ex.server.port} instead", file=sys.stderr)
         print(f"Model Explorer on 127.0.0.1:{ex.server.port} (pid {ex.server.pid}); Ctrl-C stops it",
               file=sys.stderr, flush=True)
         while ex.server.alive():
@@ -467,6 +536,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "sweep": cmd_sweep,
     "explore": cmd_explore,
     "status": cmd_status,
+    "set-checkpoint": cmd_set_checkpoint,
     "blueprint": cmd_blueprint,
     "families": cmd_families,
     "map": cmd_map,
@@ -482,12 +552,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (holding config.json)")
     b.add_argument("--project", default=None, help="a project folder instead of HF_DIR")
     b.add_argument("--kv", type=int, default=None, help="KV cache length for the memory figures")
+    b.add_argument("--allow-problems", action="store_true", help=f"exit 0 when problems are listed "
+                                                                  f"(default: exit {EXIT_PROBLEMS})")
     b.add_argument("--json", action="store_true", help="one JSON object on stdout")
     m = sub.add_parser("map", help="propose and check the weight mapping of an HF checkpoint")
     m.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (config.json and weights)")
-    m.add_argument("--project", default=None,
-                   help="a project folder instead of HF_DIR; a mapping without problems is saved there")
+    m.add_argument("--project", default=None, help="a project folder instead of HF_DIR")
+    m.add_argument("--save", action="store_true", help="with --project: record the mapping there (only one "
+                                                       "without problems or unused tensors is recorded)")
     m.add_argument("--mapping", default=None, help="a saved mapping (JSON) to check instead of proposing one")
+    m.add_argument("--allow-problems", action="store_true", help=f"exit 0 when problems or unused tensors are "
+                                                                  f"listed (default: exit {EXIT_PROBLEMS})")
     m.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c = sub.add_parser("compare", help="compare the re-authored model with transformers, layer by layer")
     c.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder")
@@ -521,7 +596,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="one JSON object on stdout")
     r = sub.add_parser("run", help="generate text with a converted model (streamed), with its speed")
     r.add_argument("model", nargs="?", help="a converted .tflite")
-    r.add_argument("--tokenizer", default=None, help="the Hugging Face folder holding the tokenizer")
+    r.add_argument("--tokenizer", default=None, help="the Hugging Face folder holding the tokenizer (default: "
+                                                     "the checkpoint named in the model's manifest)")
     r.add_argument("--project", default=None, help="a project: its newest fresh conversion and its checkpoint's "
                                                    "tokenizer")
     r.add_argument("--conversion", default=None, help="with --project: the conversion's name")
@@ -595,6 +671,10 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--name", default=None, help="the project's name (default: the model's)")
     n.add_argument("--copy-checkpoint", action="store_true", help="copy the checkpoint into the project")
     n.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sc = sub.add_parser("set-checkpoint", help="point a project at its checkpoint again (after moving it)")
+    sc.add_argument("checkpoint", help="the Hugging Face model folder")
+    sc.add_argument("--project", required=True, help="the project folder")
+    sc.add_argument("--json", action="store_true", help="one JSON object on stdout")
     st = sub.add_parser("status", help="each step of a project: fresh, stale or missing")
     st.add_argument("--project", required=True, help="the project folder")
     st.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -20,13 +20,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+from workbench import tempdirs
 from workbench.errors import WorkbenchError
 from workbench.recipe import Recipe
 
@@ -99,7 +99,7 @@ def prewarm(wait: bool = False, timeout: float = 120) -> None:
     global _warm
     with _warm_lock:
         if _warm is None or _warm[0].poll() is not None:
-            log = Path(tempfile.mkdtemp(prefix="ewb-warm-")) / "job.log"
+            log = tempdirs.make("warm") / "job.log"
             proc = subprocess.Popen([sys.executable, "-m", "workbench.convert_worker", "--serve"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"),
                                     env={**os.environ, **_ENV}, text=True, start_new_session=True)
@@ -122,6 +122,7 @@ def _take_warm() -> Optional[tuple[subprocess.Popen, Path]]:
         return w
     if w is not None:
         w[0].wait()
+        tempdirs.remove(w[1].parent)
     return None
 
 
@@ -130,6 +131,8 @@ def _stop_warm() -> None:
     w = _take_warm()
     if w is not None:
         w[0].kill()
+        w[0].wait()
+        tempdirs.remove(w[1].parent)
 
 
 class Job:
@@ -148,6 +151,7 @@ class Job:
         self.peak_rss_bytes = 0
         self.cancelled = False
         self._outcome: Optional[dict] = None
+        self._log_text: Optional[str] = None  # kept when the working folders are removed
         warm = _take_warm()
         if warm is not None:  # a worker that has imported the stack already takes the spec
             self.proc, self._log_path = warm
@@ -248,8 +252,19 @@ class Job:
 
     @property
     def log(self) -> str:
+        if self._log_text is not None:
+            return self._log_text
         self._log.flush()
         return self._log_path.read_text(errors="replace")
+
+    def _remove_workdirs(self) -> None:
+        """The job's temp folders (its spec and log; a warm worker's log folder) go when it
+        ends, however it ended: the log is kept in memory for `log`."""
+        self._log_text = self.log
+        self._log.close()
+        tempdirs.remove(self.workdir)
+        if self._log_path.parent != self.workdir:
+            tempdirs.remove(self._log_path.parent)
 
     def _tail(self, n: int = 25) -> str:
         return "\n".join(self.log.rstrip().splitlines()[-n:])
@@ -264,6 +279,12 @@ class Job:
             Path(self.spec["staging"] + "-recipe.json").unlink(missing_ok=True)
 
     def _finish(self) -> None:
+        try:
+            self._settle()
+        finally:
+            self._remove_workdirs()
+
+    def _settle(self) -> None:
         self._log.flush()
         rc = self.proc.returncode
         stage = self.stage
@@ -300,6 +321,8 @@ class Job:
         """Writes the manifest beside the checked model, then renames both into place."""
         import importlib.metadata as md
 
+        from workbench.runner import tokenizer_digest
+
         spec = self.spec
         partial, final = Path(spec["partial"]), Path(spec["path"])
         check = done["check"]
@@ -325,6 +348,7 @@ class Job:
             "mapping_hash": spec["mapping_hash"], "seconds": done["seconds"],
             "peak_rss_bytes": self.peak_rss_bytes, "check": check, "checkpoint": spec["checkpoint"],
             "quant_error": done.get("quant_error"),
+            "tokenizer_digest": tokenizer_digest(Path(spec["checkpoint"])),
             **spec.get("manifest_extra", {}),
         }
         mp = Path(spec["manifest_partial"])
@@ -349,6 +373,12 @@ class Job:
 #   export_hf:                      44M 2.26 GB, 156M 4.10 GB, 1.1B 14.77 GB  -> 2.5 GB + 2.81 W
 # The quantization-error view (ai-edge-quantizer's validate) keeps every tensor: + 1.5 W.
 _PEAK_FIT = {"reauthored": (2.7e9, 0.82), "export_hf": (2.5e9, 2.81)}
+
+
+def default_kv(bp) -> int:
+    """The KV cache length a conversion takes when none is given: 1024 positions, or the
+    model's max_seq_len when it holds fewer."""
+    return min(1024, bp.max_seq_len)
 
 
 def estimate_peak_bytes(bp, path: str = "reauthored", analyze: bool = False) -> int:
@@ -446,19 +476,22 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
     if problems:
         raise ConversionError("the mapping has problems; converting would bake them in:\n"
                               + "\n".join(f"  - {p}" for p in problems[:20]),
-                              hint="fix the mapping first (m.problems() lists them)")
+                              hint="fix the mapping first (m.problems() lists them)").with_cli(
+            "see them with edge-workbench map, fix the mapping file and pass it with --mapping FILE")
     bp._raise_problems()
+    kv = default_kv(bp) if kv is None else int(kv)
+    if kv < 2 or kv > bp.max_seq_len:
+        raise ConversionError(f"kv {kv}: the KV cache must hold between 2 and the model's max_seq_len "
+                              f"({bp.max_seq_len}) tokens", hint=f"use kv between 2 and {bp.max_seq_len}"
+                              ).with_cli(f"give --kv between 2 and {bp.max_seq_len} (default {default_kv(bp)})")
     prefill = sorted({int(p) for p in ([prefill] if isinstance(prefill, int) else prefill)})
     if not prefill or prefill[0] < 1:
-        raise ConversionError(f"prefill lengths {prefill} must be positive", hint="e.g. prefill=[8, 64]")
+        raise ConversionError(f"prefill lengths {prefill} must be positive", hint="e.g. prefill=[8, 64]").with_cli(
+            "e.g. --prefill 8,64")
     if prefill[-1] > kv:
         raise ConversionError(f"prefill length {prefill[-1]} is longer than the KV cache ({kv})",
-                              hint=f"use prefill lengths <= kv, or raise kv to at least {prefill[-1]}")
-    if kv > bp.max_seq_len:
-        raise ConversionError(f"kv {kv} exceeds the model's max_seq_len {bp.max_seq_len}",
-                              hint=f"use kv <= {bp.max_seq_len}")
-    if kv < 2:
-        raise ConversionError(f"kv {kv} is too small to decode", hint="use kv >= 2")
+                              hint=f"use prefill lengths <= kv, or raise kv to at least {prefill[-1]}").with_cli(
+            f"give --prefill lengths <= {kv}, or --kv {prefill[-1]} or more")
     r = Recipe.parse(recipe)
     r.validate(bp)
     export_recipe = None
@@ -477,7 +510,7 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
     suffix = "_export_hf" if path == "export_hf" else ""
     name = name or f"{(bp.name or bp.family).replace('/', '_')}_{label}_kv{kv}{suffix}"
     final = out / f"{name}.tflite"
-    workdir = Path(tempfile.mkdtemp(prefix=f"ewb-job-{name}-"))
+    workdir = tempdirs.make("job", name)
     mapping_path = mapping.save(workdir / "mapping.json")
     analyze_flag = (analyze if analyze is not None else bp.summary().params < 300_000_000) and r.name != "none" \
         and path == "reauthored"

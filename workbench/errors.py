@@ -11,10 +11,19 @@ class WorkbenchError(Exception):
     panel's error card, and as `{"error": ..., "hint": ...}` from the CLI.
     """
 
+    # The same fix in the command line's words, where `hint` names a Python call
+    # (`wb.save_mapping()` -> `edge-workbench map --project DIR`): the CLI shows it instead.
+    cli_hint: str = ""
+
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def with_cli(self, cli_hint: str) -> "WorkbenchError":
+        """Sets the command-line form of the fix; returns the error (`raise E(...).with_cli(...)`)."""
+        self.cli_hint = cli_hint
+        return self
 
     def __str__(self) -> str:
         return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message

@@ -36,7 +36,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 from urllib.parse import quote
 
+from workbench import tempdirs
 from workbench.errors import WorkbenchError
 from workbench.explore_server import ALLOW_PATH, HEALTH_OK, HEALTH_PATH, SECRET_HEADER, SECRET_PARAM
 from workbench.graphs import GRAPHS, TITLES, Graph, GraphSources, GraphStore
@@ -98,7 +98,7 @@ class ExploreServer:
         self.secret = secrets.token_urlsafe(24)
         self.requested_port = port
         self.port: Optional[int] = None
-        self._dir = tempfile.mkdtemp(prefix="ewb-explore-")  # 0700: the secret file is ours alone
+        self._dir = str(tempdirs.make("explore"))  # 0700: the secret file is ours alone
         secret_file = Path(self._dir) / "secret"
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -331,6 +331,24 @@ class ExploreView:
         return "\n".join(lines)
 
 
+def _need_tflite(path: Path) -> None:
+    """Refuses a file that is not a LiteRT flatbuffer before any adapter is asked to read it
+    (a missing file is the export's to report, with the other graphs)."""
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ExploreError(f"cannot read the converted model {path}: {e.strerror or e}",
+                           hint="give the path of a .tflite made by convert").with_cli(
+            "give --tflite the path of a .tflite made by edge-workbench convert") from None
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise ExploreError(f"{path.name} is not a LiteRT model (a .tflite starts with the flatbuffer identifier "
+                           f"TFL3; this file does not)", hint="give a .tflite made by convert").with_cli(
+            "give --tflite a .tflite made by edge-workbench convert")
+
+
 def _manifest(tflite: Optional[Path]) -> Optional[dict]:
     """The conversion manifest beside a converted model (None when there is none)."""
     if tflite is None:
@@ -359,6 +377,11 @@ class Explorer:
         self._project: Optional[Path] = None
         self._hf: Optional[Path] = None
         self._tflite = Path(tflite).resolve() if tflite is not None else None
+        if self._tflite is not None:
+            _need_tflite(self._tflite)
+        if port is not None and not 0 <= int(port) <= 65535:
+            raise ExploreError(f"port {port} is not a TCP port", hint="give a port from 1 to 65535, or none for any "
+                               "free port").with_cli("give --port from 1 to 65535, or leave it out for any free port")
         if isinstance(source, Workbench):
             self._wb = source
             root = source.root

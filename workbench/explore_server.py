@@ -14,10 +14,15 @@ The guard (every request):
 - Host must be 127.0.0.1:PORT or localhost:PORT (DNS rebinding gets 403);
 - an Origin header must be that server's own; Sec-Fetch-Site cross-site is refused, and
   same-site only for a page navigation (the notebook's frame);
-- the per-session secret: `?ewb_secret=` once (the page is redirected to the same URL
-  without it and an HttpOnly, SameSite=Strict cookie named after the port carries it from
-  then on: Model Explorer reloads itself at `/?data=...`), or the `X-EWB-Secret` header
-  (programs);
+- the per-session secret: `?ewb_secret=` once, on a GET of any path (answered with a redirect
+  to the same URL without it, so the secret never stays in an address; an HttpOnly,
+  SameSite=Strict cookie carries the session from then on: Model Explorer reloads itself at
+  `/?data=...`), or the `X-EWB-Secret` header (programs). Cookies are scoped by host, not by
+  port, so every server on 127.0.0.1 receives ours: the cookie holds a token derived from the
+  secret *and this port* (never the secret), which no server on another port accepts;
+- a parameter the guard checks (`path`, `json`, the secret), repeated in a query or a JSON
+  body (or spelled twice in other letter cases), is refused: Flask reads the first value,
+  so checking any single one would let another through;
 - uploads are refused; adapter runs (`send_command`, GET and POST), `read_text_file` and
   model paths pushed with `update_config` must name files under the allowed roots
   (symlinks resolved);
@@ -50,7 +55,7 @@ import time
 import types
 from pathlib import Path
 from typing import Callable, Iterable, Optional
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 SECRET_PARAM = "ewb_secret"
 SECRET_HEADER = "X-EWB-Secret"
@@ -68,6 +73,48 @@ PAGE_DEFAULTS = (b"<script>try{var k='model_explorer_settings',s=JSON.parse(loca
 def cookie_name(port: int) -> str:
     """Cookies ignore ports, so each server's cookie carries its own port in its name."""
     return f"ewb_explore_{port}"
+
+
+def cookie_value(secret: str, port: int) -> str:
+    """The cookie's token: the secret bound to this port (HMAC), so the cookie a browser sends
+    to every server on this host is accepted by this port's server only, and never reveals
+    the secret itself (which opens the page on any port it is served on)."""
+    return hmac.new(secret.encode(), f"ewb-explore-cookie:{port}".encode(), "sha256").hexdigest()
+
+
+# Parameters whose value the guard checks: each may appear once (any letter case).
+CHECKED_PARAMS = ("path", "json", SECRET_PARAM)
+
+
+def _single(pairs: list[tuple[str, str]], where: str) -> dict[str, str]:
+    """The pairs as a dict, refusing a checked key given twice, in any letter case: Flask
+    reads the first of a repeated key, `dict()` keeps the last, and a check of one value
+    would let the other through."""
+    seen: dict[str, str] = {}
+    for k, _ in pairs:
+        low = k.lower()
+        if low in CHECKED_PARAMS:
+            if low in seen:
+                raise Refused(400, f"{where}: the parameter {low!r} is given more than once "
+                                   f"({seen[low]!r} and {k!r}): give it once")
+            seen[low] = k
+    return dict(pairs)
+
+
+def _json_once(raw: str, what: str):
+    """JSON whose objects name each key once: Flask and this guard would both keep a repeated
+    key's last value, but a parser that kept the first would not, so a repeat is refused."""
+    def pairs_hook(pairs: list) -> dict:
+        keys = [k for k, _ in pairs]
+        for k in keys:
+            if keys.count(k) > 1:
+                raise Refused(400, f"{what}: the key {k!r} is given more than once: give it once")
+        return dict(pairs)
+
+    try:
+        return json.loads(raw or "{}", object_pairs_hook=pairs_hook)
+    except ValueError:
+        raise Refused(400, f"{what}: the body is not JSON") from None
 
 
 def _real(path: str) -> str:
@@ -114,11 +161,15 @@ class Guard:
         self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
         self.origins = {f"http://{h}" for h in self.hosts}
         self.cookie = cookie_name(port)
+        self.token = cookie_value(secret, port)
         self._adapter_lock = threading.Lock()
 
     # ---- checks ---------------------------------------------------------------------
     def _secret_ok(self, given: Optional[str]) -> bool:
         return bool(given) and hmac.compare_digest(given.encode(), self.secret.encode())
+
+    def _cookie_ok(self, given: Optional[str]) -> bool:
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
     def _cookie_secret(self, environ: dict) -> Optional[str]:
         raw = environ.get("HTTP_COOKIE", "")
@@ -138,15 +189,15 @@ class Guard:
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None and origin not in self.origins:
             raise Refused(403, f"requests from {origin!r} are refused: only this server's own pages may call it")
-        site = environ.get("HTTP_SEC_FETCH_SITE")
+        # Fetch metadata values are tokens: compared in any letter case
+        site = (environ.get("HTTP_SEC_FETCH_SITE") or "").strip().lower()
         if site == "cross-site":
             raise Refused(403, "cross-site requests are refused")
-        if site == "same-site" and environ.get("HTTP_SEC_FETCH_MODE") != "navigate":
+        if site == "same-site" and (environ.get("HTTP_SEC_FETCH_MODE") or "").strip().lower() != "navigate":
             raise Refused(403, "same-site requests other than opening the page are refused")
 
-    def _check_paths(self, path: str, environ: dict) -> None:
+    def _check_paths(self, path: str, environ: dict, query: dict[str, str]) -> None:
         method = environ.get("REQUEST_METHOD", "GET")
-        query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
         if path.startswith("/apipost/v1/upload"):
             raise Refused(403, "uploads are disabled on this server: open files of the project instead")
         if path == "/api/v1/send_command":
@@ -156,10 +207,9 @@ class Guard:
         elif path in ("/api/v1/read_text_file", "/api/v1/notify_user_provided_model_path"):
             self._need_allowed(query.get("path", ""))
         elif path == "/apipost/v1/update_config" and method == "POST":
-            try:
-                data = json.loads(self._body(environ) or "{}")
-            except ValueError:
-                raise Refused(400, "update_config: the body is not JSON") from None
+            data = _json_once(self._body(environ), "update_config")
+            if not isinstance(data, dict):
+                raise Refused(400, "update_config: the body is not a JSON object")
             for src in data.get("model_sources", []) or []:
                 self._need_allowed(src.get("url", "") if isinstance(src, dict) else "")
             for src in data.get("node_data_sources", []) or []:
@@ -167,10 +217,7 @@ class Guard:
                     self._need_allowed(str(src))
 
     def _check_command(self, raw: str) -> None:
-        try:
-            cmd = json.loads(raw or "{}")
-        except ValueError:
-            raise Refused(400, "send_command: the command is not JSON") from None
+        cmd = _json_once(raw, "send_command")
         if not isinstance(cmd, dict):
             raise Refused(400, "send_command: the command is not a JSON object")
         if cmd.get("deleteAfterConversion"):
@@ -202,7 +249,7 @@ class Guard:
         return [data]
 
     def _set_cookie(self) -> tuple[str, str]:
-        return ("Set-Cookie", f"{self.cookie}={self.secret}; Path=/; HttpOnly; SameSite=Strict")
+        return ("Set-Cookie", f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict")
 
     def _allow(self, environ: dict, start_response) -> list[bytes]:
         """Adds allowed roots/files (the parent does this when it shows more graphs)."""
@@ -210,10 +257,10 @@ class Guard:
             raise Refused(403, "not for browsers")
         if not self._secret_ok(environ.get("HTTP_X_EWB_SECRET")):
             raise Refused(403, "the secret header is missing or wrong")
+        data = _json_once(self._body(environ), "allow")
         try:
-            data = json.loads(self._body(environ) or "{}")
             self.allowed.add(data.get("roots", []), data.get("files", []))
-        except (ValueError, AttributeError, TypeError):
+        except (AttributeError, TypeError):
             raise Refused(400, "expected {\"roots\": [...], \"files\": [...]}") from None
         return self._respond(start_response, "200 OK", "ok")
 
@@ -224,32 +271,33 @@ class Guard:
             if path == ALLOW_PATH:
                 return self._allow(environ, start_response)
             query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-            given = [v for k, v in query if k == SECRET_PARAM]
-            extra: list = []
+            checked = _single(query, path)
+            given = [v for k, v in query if k.lower() == SECRET_PARAM]
             if given:
                 if not self._secret_ok(given[0]):
                     raise Refused(403, "wrong secret: use the URL Edge Workbench printed or showed")
-                extra = [self._set_cookie()]
-                rest = [(k, v) for k, v in query if k != SECRET_PARAM]
-                environ["QUERY_STRING"] = urlencode(rest)
-                if path == "/" and environ.get("REQUEST_METHOD") == "GET":
-                    # The page: drop the secret from the address bar (and from what the app
-                    # copies into its own URLs); the cookie carries it from now on.
-                    location = "/" + (f"?{environ['QUERY_STRING']}" if rest else "")
-                    return self._respond(start_response, "303 See Other", "", extra + [("Location", location)])
-            elif not (self._secret_ok(self._cookie_secret(environ))
+                if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+                    raise Refused(400, f"the secret is taken in a page's address only: send it as the "
+                                       f"{SECRET_HEADER} header")
+                # Any path: answer with the same URL without the secret (it never stays in an
+                # address bar, a history or what the app copies into its own URLs); the
+                # cookie carries the session from now on.
+                rest = [(k, v) for k, v in query if k.lower() != SECRET_PARAM]
+                location = quote(path) + (f"?{urlencode(rest)}" if rest else "")
+                return self._respond(start_response, "303 See Other", "", [self._set_cookie(), ("Location", location)])
+            elif not (self._cookie_ok(self._cookie_secret(environ))
                       or self._secret_ok(environ.get("HTTP_X_EWB_SECRET"))):
                 raise Refused(403, "this Model Explorer server needs its secret: open the URL Edge Workbench "
                                    "printed (it carries ?ewb_secret=...)")
-            self._check_paths(path, environ)
+            self._check_paths(path, environ, checked)
             if path == DIRECTOR_PATH:  # see the module docstring: no stream held open per page
                 body = b"retry: 86400000\n\n"
                 start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-store"),
-                                          ("Content-Length", str(len(body)))] + extra)
+                                          ("Content-Length", str(len(body)))])
                 return [body]
             if path == "/api/v1/check_new_version":  # never phones home
                 body = json.dumps({"version": "", "runningVersion": "", "releaseUrl": "", "desktopAppUrl": ""})
-                start_response("200 OK", [("Content-Type", "application/json")] + extra)
+                start_response("200 OK", [("Content-Type", "application/json")])
                 return [body.encode()]
         except Refused as e:
             return self._respond(start_response, f"{e.status} {'Forbidden' if e.status == 403 else 'Bad Request'}",
@@ -258,7 +306,7 @@ class Guard:
         def start(status, headers, exc_info=None):
             headers = [(k, v) for k, v in headers if k.lower() not in ("access-control-allow-origin",
                                                                       "access-control-allow-credentials")]
-            headers += extra + [("Content-Security-Policy", "frame-ancestors 'self' http://127.0.0.1:* "
+            headers += [("Content-Security-Policy", "frame-ancestors 'self' http://127.0.0.1:* "
                                                             "http://localhost:*"),
                                 ("Referrer-Policy", "no-referrer"), ("X-Content-Type-Options", "nosniff")]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)

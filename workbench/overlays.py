@@ -207,8 +207,10 @@ def tflite_index(path: Path, folder: Path, timeout: float = 600) -> dict:
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode != 0 or not out.is_file():
-        tail = (proc.stderr or "").strip().splitlines()[-3:]
-        raise OverlayError(f"Model Explorer's adapter could not read {path.name}: {' | '.join(tail)}",
+        # its reason is the exception's last line ("RuntimeError: INVALID_ARGUMENT: ..."), not the traceback
+        last = ((proc.stderr or "").strip().splitlines() or ["no reason given"])[-1]
+        reason = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(("Error", "Exception")) else last
+        raise OverlayError(f"Model Explorer's adapter could not read {path.name}: {reason}",
                            hint="check that the file opens in ai-edge-litert; convert it again if it does not")
     _prune(folder)
     return json.loads(out.read_text())

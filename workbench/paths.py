@@ -107,13 +107,13 @@ class PathComparison:
         return fig
 
 
-def compare_paths(source, recipe: Any = "dynamic_int8", prefill: Sequence[int] = (8,), kv: int = 64,
+def compare_paths(source, recipe: Any = "dynamic_int8", prefill: Sequence[int] = (8,), kv: Optional[int] = 64,
                   out: str | Path = "out", threads: int = 2, decode_steps: int = 32,
                   progress: Optional[Callable] = None, manifest_extra: Optional[dict] = None,
                   jobs: Optional[list] = None) -> PathComparison:
     """Converts `source` (a Mapping or a Hugging Face folder) both ways with the same recipe
     and lengths, and measures the two files side by side. `jobs`, if given, receives each
-    Job as it starts (to cancel it from elsewhere)."""
+    Job as it starts (to cancel it from elsewhere). `kv=None` takes convert's default."""
     from workbench.check import SignatureModel
 
     rows = []
@@ -126,6 +126,7 @@ def compare_paths(source, recipe: Any = "dynamic_int8", prefill: Sequence[int] =
                       analyze=False, manifest_extra=manifest_extra)
         if jobs is not None:
             jobs.append(job)
+        kv = job.spec["kv"]
         res = job.result()
         speed = SignatureModel(res.path, threads=threads).speed(decode_steps)
         c = res.check

@@ -388,7 +388,8 @@ class Workbench:
         if self.blueprint is None:
             raise ProjectError("the project has no usable blueprint" +
                                (f" ({'; '.join(p for p in self.problems if 'blueprint' in p)})" if self.problems else ""),
-                               hint="restore blueprint.json from git, or set wb.blueprint and wb.save_blueprint()")
+                               hint="restore blueprint.json from git, or set wb.blueprint and wb.save_blueprint()"
+                               ).with_cli(f"restore it from git: git -C {self.root} checkout -- blueprint.json")
 
     def save_blueprint(self) -> None:
         """Saves the blueprint (edits included); results computed from an older one turn stale."""
@@ -507,10 +508,12 @@ class Workbench:
         m = self.mapping
         if self._mapping_data is None:
             raise ProjectError("the project has no saved mapping: results must say which mapping they used",
-                               hint="review wb.mapping (wb.mapping.problems()), then wb.save_mapping()")
+                               hint="review wb.mapping (wb.mapping.problems()), then wb.save_mapping()").with_cli(
+                f"review and save it: edge-workbench map --project {self.root} --save")
         if self.status()["mapping"] != FRESH and not allow_stale:
             raise ProjectError("the saved mapping is stale: it was reviewed against another blueprint or "
-                               "checkpoint", hint="review wb.mapping.problems(), then wb.save_mapping()")
+                               "checkpoint", hint="review wb.mapping.problems(), then wb.save_mapping()").with_cli(
+                f"review and save it again: edge-workbench map --project {self.root} --save")
         return m
 
     # ---- steps that record results ------------------------------------------------

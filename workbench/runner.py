@@ -27,6 +27,9 @@ import numpy as np
 from workbench.errors import WorkbenchError
 
 SAMPLING = ("greedy", "top_k", "top_p")
+# ai-edge-litert: a .tflite (or the model inside a .litertlm) on its CompiledModel, here;
+# litert-lm: a .litertlm bundle in LiteRT-LM, the on-device runtime, in a child process
+ENGINES = ("ai-edge-litert", "litert-lm")
 
 
 class RunnerError(WorkbenchError):
@@ -41,7 +44,7 @@ class Generation:
     prompt_ids: list[int]
     ids: list[int]  # the generated ids (EOS not included)
     text: str  # the continuation, without the prompt
-    stop_reason: str  # eos | max_new_tokens | stopped | kv_full
+    stop_reason: str  # eos | max_new_tokens | stopped | kv_full | invalid_utf8 (LiteRT-LM's detokenizer stopped)
     ttft_s: float  # time to first token: prefill of the prompt + its first decode
     prefill_tok_s: float  # prompt tokens / ttft
     decode_tok_s: float  # generated tokens after the first / their decode time
@@ -66,12 +69,25 @@ def _rss() -> int:
 class Runner:
     """A converted .tflite with its tokenizer, ready to generate."""
 
-    def __init__(self, model_path: str | Path, tokenizer: str | Path | None = None, threads: int = 2) -> None:
+    def __init__(self, model_path: str | Path, tokenizer: str | Path | None = None, threads: int = 2,
+                 engine: str = "ai-edge-litert") -> None:
         from workbench.check import SignatureModel, load_tokenizer
 
+        if engine not in ENGINES:
+            raise RunnerError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
         p = Path(model_path)
         if not p.is_file():
             raise RunnerError(f"no model file {str(p)!r}", hint="give the .tflite a conversion wrote")
+        self.engine, self.bundle, self.lm = engine, None, None
+        self.tokenizer_dir = Path(tokenizer) if tokenizer is not None else None
+        if engine == "litert-lm" and p.suffix != ".litertlm":
+            raise RunnerError(f"the litert-lm engine runs a .litertlm bundle, and {p.name} is not one",
+                              hint=f"bundle it first (bundle({p.name!r}, tokenizer=HF_DIR)) and run the "
+                                   ".litertlm it writes").with_cli(
+                f"edge-workbench bundle {p} --tokenizer HF_DIR --format litertlm, then run the .litertlm")
+        if p.suffix == ".litertlm":  # the model inside, for this engine and for the facts the views show
+            self.bundle = p
+            p = self._extract(p)
         try:
             self.model = SignatureModel(p, threads=threads)
         except WorkbenchError as e:
@@ -79,7 +95,7 @@ class Runner:
         except (ValueError, RuntimeError) as e:
             raise RunnerError(f"{p.name} is not a LiteRT model ai-edge-litert can load ({e})",
                               hint="give a .tflite written by a conversion") from None
-        self.path = p
+        self.path = self.bundle or p
         self.threads = threads
         self.vocab = self.model.vocab
         self.tokenizer = None
@@ -95,16 +111,60 @@ class Runner:
                 raise RunnerError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is "
                                   f"{self.vocab}: ids past {self.vocab - 1} would index nothing",
                                   hint="use the tokenizer of the checkpoint this model was converted from")
+            check_tokenizer(Path(model_path), Path(tokenizer))
             self.eos, self.bos = _special_ids(Path(tokenizer), self.tokenizer)
+            if any(i >= self.vocab for i in self.eos):
+                raise RunnerError(f"the tokenizer's end-of-text ids {sorted(self.eos)} are past the model's "
+                                  f"vocabulary ({self.vocab}): it is another model's tokenizer",
+                                  hint="use the tokenizer of the checkpoint this model was converted from")
+        if engine == "litert-lm":
+            from workbench.litert_lm import LiteRtLm, LiteRtLmError
+
+            try:
+                self.lm = LiteRtLm(self.bundle, threads=threads)
+            except LiteRtLmError as e:
+                raise RunnerError(e.message, e.hint) from None
         self.last: Optional[Generation] = None
         self._stop = threading.Event()
         self._busy = threading.Lock()  # one generation at a time: the model holds one KV cache
+
+    def _extract(self, bundle: Path) -> Path:
+        """The model inside a .litertlm, copied to a temporary file this runner owns."""
+        import tempfile
+
+        from workbench.bundle import BundleError, _open_litertlm
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="ewb-runner-")
+        model = Path(self._tmp.name) / (bundle.stem + ".tflite")
+        try:
+            info = _open_litertlm(bundle, model)
+        except BundleError as e:
+            raise RunnerError(e.message, e.hint) from None
+        if "model_sha256" not in info:
+            raise RunnerError(f"{bundle.name} holds no TFLite model" + (f" ({'; '.join(info['problems'])})"
+                                                                        if info["problems"] else ""),
+                              hint="bundle the model again (edge-workbench bundle)")
+        return model
+
+    def with_engine(self, engine: str, bundle: str | Path | None = None) -> "Runner":
+        """A runner of the same model and tokenizer on another engine (`bundle`: the .litertlm
+        to run in LiteRT-LM when this runner has none)."""
+        if engine == self.engine and bundle is None:
+            return self
+        return Runner(bundle or self.bundle or self.path, self.tokenizer_dir, self.threads, engine=engine)
+
+    def close(self) -> None:
+        """Ends the LiteRT-LM child (if any) and frees the model."""
+        if self.lm is not None:
+            self.lm.close()
+        self.model.close()
 
     # ---- text <-> ids ---------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
         if self.tokenizer is None:
             raise RunnerError("this runner has no tokenizer, so it cannot read text",
-                              hint="Runner(model, tokenizer=HF_DIR), or pass token ids (ids=[...])")
+                              hint="Runner(model, tokenizer=HF_DIR), or pass token ids (ids=[...])").with_cli(
+                "give --tokenizer HF_DIR")
         if chat:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise RunnerError("the tokenizer has no chat template", hint="generate without chat=True")
@@ -124,6 +184,8 @@ class Runner:
     def stop(self) -> None:
         """Asks a running generation to stop after its current token (from another thread)."""
         self._stop.set()
+        if self.lm is not None:
+            self.lm.cancel()
 
     def generate(self, prompt: str = "", max_new_tokens: int = 64, on_text: Optional[Callable[[str], None]] = None,
                  **kwargs) -> Generation:
@@ -147,7 +209,12 @@ class Runner:
             raise RunnerError(f"top_k {top_k} must be at least 1", hint="e.g. 40")
         if max_new_tokens < 1:
             raise RunnerError(f"max_new_tokens {max_new_tokens} must be at least 1", hint="e.g. 64")
-        prompt_ids = [int(i) for i in ids] if ids is not None else self.encode(prompt, chat)
+        if self.lm is not None and (chat or ids is not None):
+            raise RunnerError("the litert-lm engine takes the prompt as text, without a chat template (LiteRT-LM "
+                              "tokenizes it itself)", hint="give the prompt as text, without chat; or use the "
+                                                            "ai-edge-litert engine")
+        prompt_ids = ([int(i) for i in ids] if ids is not None else self.lm.prompt_ids(prompt) if self.lm is not None
+                      else self.encode(prompt, chat))
         if self.bos is not None and ids is None and not chat and (not prompt_ids or prompt_ids[0] != self.bos) \
                 and getattr(self.tokenizer, "add_bos_token", False):
             prompt_ids = [self.bos] + prompt_ids
@@ -168,8 +235,12 @@ class Runner:
             raise RunnerError("this runner is already generating (its model holds one KV cache)",
                               hint="wait for that generation, or stop it (runner.stop()), then try again")
         try:
-            yield from self._generate(prompt, prompt_ids, max_new_tokens, sampling, temperature, top_k, top_p, seed,
-                                      chat)
+            if self.lm is not None:
+                yield from self._generate_lm(prompt, prompt_ids, max_new_tokens, sampling, temperature, top_k, top_p,
+                                             seed)
+            else:
+                yield from self._generate(prompt, prompt_ids, max_new_tokens, sampling, temperature, top_k, top_p,
+                                          seed, chat)
         finally:
             self._busy.release()
 
@@ -223,6 +294,53 @@ class Runner:
             decode_tok_s=n_after / (t_end - t_first) if n_after and t_end > t_first else 0.0,
             peak_rss_bytes=peak, sampling=settings)
 
+    def _generate_lm(self, prompt: str, prompt_ids: list[int], max_new_tokens: int, sampling: str,
+                     temperature: float, top_k: int, top_p: float, seed: Optional[int]) -> Iterator[str]:
+        """The same generation in LiteRT-LM: its sampler (greedy is top_k 1), its streamed text,
+        its own timings (BenchmarkInfo); the ids are its tokenizer's reading of the text (it
+        returns text, not ids)."""
+        from workbench.litert_lm import UTF8_STOP, LiteRtLmError
+
+        settings = {"sampling": sampling, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+                    "chat": False, "engine": "litert-lm"}
+        sampler = {"greedy": dict(top_k=1, top_p=1.0, temperature=1.0),
+                   "top_k": dict(top_k=top_k, top_p=1.0, temperature=temperature),
+                   "top_p": dict(top_k=self.vocab, top_p=top_p, temperature=temperature)}[sampling]
+        self._stop.clear()
+        text, done = "", {}
+        try:
+            for item in self.lm.stream(prompt, max_new_tokens, seed=seed or 0, **sampler):
+                if isinstance(item, dict):
+                    done = item
+                elif item:
+                    text += item
+                    yield item
+            out = self._lm_ids(prompt, text)
+        except LiteRtLmError as e:
+            raise RunnerError(e.message, e.hint) from None
+        err, bench = done.get("error"), done.get("bench") or {}
+        if err and UTF8_STOP not in err:
+            raise RunnerError(f"LiteRT-LM stopped generating with {self.path.name}: {err}",
+                              hint="the reason is LiteRT-LM's own; check the bundle (edge-workbench bundle runs it "
+                                   "in LiteRT-LM)")
+        n = int(bench.get("decode_tokens") or 0)
+        reason = ("stopped" if done.get("cancelled") else "invalid_utf8" if err
+                  else "max_new_tokens" if n >= max_new_tokens else "eos")
+        self.last = Generation(
+            prompt=prompt, prompt_ids=prompt_ids, ids=out, text=text, stop_reason=reason,
+            ttft_s=float(bench.get("ttft_s") or 0.0), prefill_tok_s=float(bench.get("prefill_tok_s") or 0.0),
+            decode_tok_s=float(bench.get("decode_tok_s") or 0.0), peak_rss_bytes=int(done.get("peak_rss_bytes", 0)),
+            sampling=settings)
+
+    def _lm_ids(self, prompt: str, text: str) -> list[int]:
+        """LiteRT-LM's tokenizer's reading of a continuation: the ids of prompt + text past the
+        prompt's (so a SentencePiece dummy prefix stays with the prompt). Equal to the sampled
+        ids when the text re-tokenizes to them (not for bytes that are not valid UTF-8)."""
+        if not text:
+            return []
+        head, whole = self.lm.tokenize(prompt), self.lm.tokenize(prompt + text)
+        return whole[len(head):] if whole[:len(head)] == head else self.lm.tokenize(text)
+
     def _prefill(self, ids: list[int]) -> None:
         """Prefills in chunks of the largest signature; a tail that would run past the cache
         (padding included) goes through decode one token at a time."""
@@ -251,6 +369,13 @@ class Runner:
 
         gen = self.generate(prompt, max_new_tokens, chat=chat)
         ids = gen.prompt_ids
+        engines = {"converted": gen.ids}
+        if self.lm is not None:  # both engines: LiteRT-LM's tokens and ai-edge-litert's on the same ids
+            last = self.last
+            with self._busy:
+                list(self._generate(prompt, ids, max_new_tokens, "greedy", 1.0, 1, 1.0, None, False))
+            engines = {"litert-lm": gen.ids, "ai-edge-litert": self.last.ids}
+            self.last = last
         hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         ref: list[int] = []
         seq = list(ids)
@@ -261,15 +386,22 @@ class Runner:
                     break
                 ref.append(nxt)
                 seq.append(nxt)
-        rows = {"converted": gen.ids, "transformers": ref}
+        rows = {**engines, "transformers": ref}
         if model is not None:
             ours = layers.generate_greedy(model, ids, max_new_tokens, len(ids) + max_new_tokens, stop=self.eos)
             rows["reauthored"] = [t for t in ours if t not in self.eos]
         first = {k: next((i for i, (a, b) in enumerate(zip(v, ref)) if a != b),
                          None if len(v) == len(ref) else min(len(v), len(ref)))
                  for k, v in rows.items() if k != "transformers"}
-        return {"prompt_ids": ids, "ids": rows, "text": {k: self.decode_text(v) for k, v in rows.items()},
-                "first_diff": first}
+        texts = {k: self.decode_text(v) for k, v in rows.items()}
+        if self.lm is not None:
+            # LiteRT-LM returns text: its row differs where transformers' tokens, read by its own
+            # detokenizer, stop being a prefix of that text
+            texts["litert-lm"] = gen.text
+            prefixes = self.lm.detokenize(ref, prefixes=True) if ref else []
+            first["litert-lm"] = next((k for k, p in enumerate(prefixes) if not gen.text.startswith(p)),
+                                      None if gen.text == (prefixes[-1] if prefixes else "") else len(prefixes))
+        return {"prompt_ids": ids, "ids": rows, "text": texts, "first_diff": first}
 
 
 class _Detokenizer:
@@ -343,4 +475,42 @@ def _special_ids(folder: Path, tok) -> tuple[set[int], Optional[int]]:
     return {int(x) for x in eos}, (int(bos) if bos is not None else None)
 
 
-__all__ = ["Runner", "RunnerError", "Generation", "SAMPLING"]
+__all__ = ["Runner", "RunnerError", "Generation", "SAMPLING", "ENGINES"]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def tokenizer_digest(folder: Path) -> Optional[str]:
+    """A digest of a checkpoint's tokenizer files (None when it holds none): two folders
+    with the same digest tokenize the same way."""
+    import hashlib
+
+    h, found = hashlib.sha256(), False
+    for name in TOKENIZER_FILES:
+        f = Path(folder) / name
+        if f.is_file():
+            found = True
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16] if found else None
+
+
+def check_tokenizer(model_path: Path, tokenizer: Path) -> None:
+    """Refuses another model's tokenizer: the conversion's manifest (beside the model) records
+    its checkpoint and that checkpoint's tokenizer digest; a tokenizer that differs would
+    turn the model's ids into the wrong words, silently. Models without a manifest pass."""
+    import json
+
+    try:
+        man = json.loads(Path(model_path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(man, dict) or man.get("kind") != "edge-workbench/conversion":
+        return
+    ck = man.get("checkpoint")
+    recorded = man.get("tokenizer_digest") or (tokenizer_digest(Path(ck)) if ck and Path(ck).is_dir() else None)
+    given = tokenizer_digest(tokenizer)
+    if recorded and given and given != recorded:
+        raise RunnerError(f"the tokenizer in {tokenizer} is not the one of the checkpoint {Path(model_path).name} "
+                          f"was converted from ({ck})",
+                          hint=f"use tokenizer={ck!r}").with_cli(f"give --tokenizer {ck}")
