@@ -98,3 +98,54 @@ def swept(llama_project, tmp_path_factory):
                          "--json"])
     assert code == 0, buf.getvalue()
     return root, json.loads(buf.getvalue())
+
+
+# ---- Model Explorer (#13, #14): one export per session, shared by every module that asks ----
+QUANTIZED_RECIPE = {"default": "dynamic_int8", "feedforward": "dynamic_int4_block32"}
+
+
+@pytest.fixture(scope="session")
+def explored(llama_project, tmp_path_factory):
+    """A copy of the session project whose three graphs are exported once, and an Explorer
+    on it (this process's Model Explorer server)."""
+    from workbench.explore import Explorer
+
+    root = copy_project(llama_project, tmp_path_factory.mktemp("explore"), "project")
+    ex = Explorer(root)
+    return root, ex, ex.export()
+
+
+@pytest.fixture(scope="session")
+def quantized(explored, tmp_path_factory):
+    """A copy of the explored project with a mixed int8/int4 conversion (its per-op error
+    measured), and an Explorer on it: graphs come from the copied cache."""
+    from workbench.explore import Explorer
+    from workbench.project import Workbench
+
+    root, _, _ = explored
+    copy = copy_project(root, tmp_path_factory.mktemp("overlays"), "quantized")
+    wb = Workbench.open(copy)
+    res = wb.convert(name="mixed", recipe=QUANTIZED_RECIPE, prefill=[8], kv=32).result()
+    wb.close()
+    ex = Explorer(copy)
+    return copy, ex, ex.export(), res
+
+
+@pytest.fixture(scope="session")
+def faulty(explored):
+    """A comparison of the project's model with layer 1's o_proj transposed (as the compare
+    tests plant it): it first diverges at transformer_blocks.1.attention."""
+    from workbench.compare import compare
+    from workbench.project import Workbench
+
+    root, _, _ = explored
+    wb = Workbench.open(root, readonly=True)
+    m = wb.mapping
+    model = m.load(kv_cache_length=64)
+    w = model.transformer_blocks[1].atten_func.output_projection.weight
+    w.data = w.data.T.contiguous()  # square (64 x 64): loads without a shape error
+    c = compare(wb.checkpoint_path(), model, m, prompts=["Once upon a time there was a robot"], tol=1e-4,
+                max_new_tokens=2)
+    d = c.first_divergence()
+    assert (d.layer, d.point) == (1, "attention")
+    return c

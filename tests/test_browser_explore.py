@@ -10,11 +10,9 @@ import urllib.parse
 
 import pytest
 
-from _explore_fixtures import faulty  # noqa: F401 - a comparison with a planted fault
-from explore_fixtures import explored  # noqa: F401 - the shared fixture
 from workbench import browser
-from workbench import overlays as ovl
-from workbench.explore_server import SECRET_PARAM
+from workbench.explore import overlays as ovl
+from workbench.explore.server import SECRET_PARAM
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(browser.chromium_path() is None, reason="Debian's chromium is not installed")]

@@ -155,7 +155,7 @@ def test_export_to_a_bad_place_says_so(panel, tmp_path):
     (tmp_path / "file").write_text("x")
     panel.export_path.value = str(tmp_path / "file" / "sub" / "m.py")
     panel.export_button.click()
-    assert "Cannot write" in panel.message.value
+    assert "cannot write" in panel.message.value and "sub" in panel.message.value
     panel.export_path.value = str(tmp_path / "m.txt")
     panel.export_button.click()
     assert "not a .py file" in panel.message.value

@@ -19,9 +19,8 @@ import psutil
 import pytest
 
 from conftest import copy_project
-from explore_fixtures import explored  # noqa: F401 - the shared fixture
 from workbench.explore import Explorer, ExploreError, ExploreServer
-from workbench.explore_server import SECRET_PARAM, cookie_name, cookie_value
+from workbench.explore.server import SECRET_PARAM, cookie_name, cookie_value
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def test_bad_sources(tmp_path, samples):
     with pytest.raises(ExploreError) as e:
         ex.show(["tflite"])
     assert "--tflite" in e.value.hint
-    from workbench.graphs import GraphError
+    from workbench.explore.graphs import GraphError
 
     with pytest.raises(GraphError, match="no converted model"):
         Explorer(samples["llama"], graphs_dir=tmp_path / "g", tflite=tmp_path / "missing.tflite").export()

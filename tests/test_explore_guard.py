@@ -12,7 +12,7 @@ import urllib.parse
 import pytest
 
 from workbench.explore import ExploreServer
-from workbench.explore_server import SECRET_HEADER, SECRET_PARAM, cookie_name, cookie_value
+from workbench.explore.server import SECRET_HEADER, SECRET_PARAM, cookie_name, cookie_value
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ read the core objects and the HTML the panel shows."""
 from __future__ import annotations
 
 from conftest import copy_project
-from explore_fixtures import explored  # noqa: F401 - the shared fixture
 from workbench_widgets.explore import ExplorePanel
 
 
@@ -65,7 +64,7 @@ def test_the_overlay_dropdown_recolours_without_exporting(explored, monkeypatch)
     """Choosing an overlay re-draws the view with its node data and legend; the export cache
     is never consulted (#14)."""
     from workbench.explore import Explorer
-    from workbench.graphs import GraphStore
+    from workbench.explore.graphs import GraphStore
 
     root, _, _ = explored
     panel = ExplorePanel(Explorer(root))

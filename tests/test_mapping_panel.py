@@ -77,6 +77,6 @@ def test_save_and_code(panel, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["kind"] == "edge-workbench/mapping"
     panel.save_path.value = str(tmp_path / "missing-dir" / "m.json")
     panel.save_button.click()
-    assert "Cannot write" in panel.message.value
+    assert "cannot write" in panel.message.value and "missing-dir" in panel.message.value
     panel.code_button.click()
     assert "TENSOR_NAMES = loading_utils.ModelLoader.TensorNames(" in panel.code_html.value

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from _explore_fixtures import faulty, quantized  # noqa: F401 - shared with the browser test
 from conftest import copy_project
-from explore_fixtures import explored  # noqa: F401 - the shared fixture
-from workbench import overlays as ovl
+from workbench.explore import overlays as ovl
 from workbench.explore import Explorer, ExploreError
-from workbench.overlays import OverlayError
+from workbench.explore.overlays import OverlayError
 
 
 # ---- Model Explorer's types ---------------------------------------------------------------
@@ -371,7 +369,7 @@ def _tree(folder: Path) -> dict:
 
 
 def test_recolouring_never_touches_the_export_cache(quantized, monkeypatch, faulty):
-    from workbench.graphs import GraphStore
+    from workbench.explore.graphs import GraphStore
 
     root, ex, graphs, _ = quantized
     ex.show(["original", "reauthored", "tflite"])

@@ -301,7 +301,7 @@ def test_bad_read_only_folder(proj, read_only_fs):
 
 
 def test_bad_disk_full_while_saving(proj, monkeypatch):
-    from workbench import project
+    from workbench import _io
 
     before = (proj / "blueprint.json").read_bytes()
 
@@ -311,7 +311,7 @@ def test_bad_disk_full_while_saving(proj, monkeypatch):
 
     wb = Workbench.open(proj)
     wb.blueprint.set("kv_cache_length", 64)
-    monkeypatch.setattr(project, "_write_all", half_then_full)
+    monkeypatch.setattr(_io, "_write_all", half_then_full)
     with pytest.raises(ProjectError, match="disk is full") as e:
         wb.save_blueprint()
     assert "previous version is intact" in e.value.message

@@ -149,7 +149,7 @@ class BuilderPanel(W.VBox):
 
         right = W.VBox([self.summary_html, self.figure, self.problems_html], layout=W.Layout(width="480px"))
         self.children = [
-            W.HBox([self.title, self.preset, self.load_preset_button]),
+            W.VBox([W.HBox([self.title, self.preset, self.load_preset_button]), self.hf_row]),
             W.HBox([form, right]),
             W.HTML("<b>Per-layer overrides</b> — pick layers, a field and a value; overridden cells are marked."),
             W.HBox([self.layer_picker, W.VBox([self.override_field, self.override_value]),
@@ -178,6 +178,7 @@ class BuilderPanel(W.VBox):
         was computed from the older blueprint then reads as stale)."""
         panel = cls(wb.blueprint, **kwargs)
         panel.project = wb
+        panel.hf_row.layout.display = "none"  # the project's checkpoint decides the model
         panel.save_button = W.Button(description="Save to project", icon="save", layout=W.Layout(width="170px"))
         panel.save_button.on_click(lambda _: panel.save_to_project())
         panel.children = (*panel.children[:-1], panel.save_button, panel.children[-1])
@@ -260,22 +261,12 @@ class BuilderPanel(W.VBox):
 
     def export_python(self, path: str | Path) -> Optional[Path]:
         """Writes the emitted module to `path`, shows it highlighted with a link; returns the path."""
-        p = Path(path).expanduser()
         try:
-            source = self.blueprint.to_python()
-            if p.suffix != ".py":
-                raise WorkbenchError(f"{str(p)!r} is not a .py file", hint="name the file like model_name.py")
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(source)
-            tmp.replace(p)
+            p = self.blueprint.write_python(path)
         except WorkbenchError as e:
-            self._say(str(e), error=True)
+            self._say(html.escape(str(e)), error=True)
             return None
-        except OSError as e:
-            self._say(f"Cannot write {html.escape(str(p))}: {html.escape(e.strerror or str(e))}. "
-                      "Choose a folder you can write to.", error=True)
-            return None
+        source = p.read_text()
         from pygments import highlight
         from pygments.formatters import HtmlFormatter
         from pygments.lexers import PythonLexer

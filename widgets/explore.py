@@ -21,7 +21,7 @@ import traitlets
 
 from workbench import WorkbenchError
 from workbench.explore import LAYOUTS, OVERLAYS, Explorer, ExploreView
-from workbench.graphs import GRAPHS, TITLES
+from workbench.explore.graphs import GRAPHS, TITLES
 from workbench_widgets._common import message
 
 LAYOUT_LABELS = {"split": "split view (+ a frame for the third)", "side": "split view, third beside it",

@@ -191,8 +191,8 @@ class MappingPanel(W.VBox):
             return p
         try:
             p = self.mapping.save(path)
-        except OSError as e:
-            return self._say(f"Cannot write {html.escape(str(path))}: {html.escape(e.strerror or str(e))}", error=True)
+        except WorkbenchError as e:
+            return self._say(html.escape(str(e)), error=True)
         self._say(f"Saved <code>{html.escape(str(p))}</code>.")
         return p
 

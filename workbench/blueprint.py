@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import html
 import json
 import math
@@ -498,6 +497,16 @@ class Blueprint:
 
         return codegen.blueprint_module(self, tensor_names, mapping)
 
+    def write_python(self, path: str | Path) -> Path:
+        """Writes `to_python()` to a .py file, atomically (its folder made if needed)."""
+        from workbench._io import atomic_write_text
+
+        p = Path(path).expanduser()
+        if p.suffix != ".py":
+            raise BlueprintError(f"{str(p)!r} is not a .py file", hint="name the file like model_name.py")
+        atomic_write_text(p, self.to_python(), BlueprintError)
+        return p
+
     def tensor_names(self) -> dict[str, Optional[str]]:
         """The family's default litert-torch TensorNames (the mapping step refines them)."""
         fam = families.FAMILIES.get(self.family)
@@ -540,10 +549,12 @@ class Blueprint:
 
     def fingerprint(self) -> str:
         """A hash of the architecture: downstream results record it to detect staleness."""
+        from workbench._io import digest
+
         d = self.to_json()
         d.pop("source")
         d["model"].pop("name")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(d)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Blueprint) and self.to_json() == other.to_json()

@@ -6,6 +6,9 @@ Starts `jupyter lab` on 127.0.0.1 with a token and a temporary runtime folder, d
 Debian's /usr/bin/chromium through Playwright's Python package (no browser
 download), runs all cells, waits for a CSS selector, and saves a full-page PNG.
 Tests use `JupyterLab` and `open_notebook` directly.
+
+Tooling, not a step of the data path; it ships in the package because it is how a user
+(and CI) looks at a panel as a person would: the README's screenshots are made with it.
 """
 
 from __future__ import annotations

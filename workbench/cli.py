@@ -545,27 +545,31 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
 }
 
 
+def _allow_problems(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--allow-problems", action="store_true",
+                   help=f"exit 0 when {what} are listed (default: exit {EXIT_PROBLEMS})")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-workbench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("blueprint", help="read an HF config.json: litert-torch config, size, problems")
-    b.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (holding config.json)")
+    b.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (holding config.json), or a Hub id "
+                                            "(org/name[@rev]: only its config.json is fetched)")
     b.add_argument("--project", default=None, help="a project folder instead of HF_DIR")
     b.add_argument("--kv", type=int, default=None, help="KV cache length for the memory figures")
-    b.add_argument("--allow-problems", action="store_true", help=f"exit 0 when problems are listed "
-                                                                  f"(default: exit {EXIT_PROBLEMS})")
+    _allow_problems(b, "problems")
     b.add_argument("--json", action="store_true", help="one JSON object on stdout")
     m = sub.add_parser("map", help="propose and check the weight mapping of an HF checkpoint")
-    m.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (config.json and weights)")
+    m.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (config.json and weights) or Hub id")
     m.add_argument("--project", default=None, help="a project folder instead of HF_DIR")
     m.add_argument("--save", action="store_true", help="with --project: record the mapping there (only one "
                                                        "without problems or unused tensors is recorded)")
     m.add_argument("--mapping", default=None, help="a saved mapping (JSON) to check instead of proposing one")
-    m.add_argument("--allow-problems", action="store_true", help=f"exit 0 when problems or unused tensors are "
-                                                                  f"listed (default: exit {EXIT_PROBLEMS})")
+    _allow_problems(m, "problems or unused tensors")
     m.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c = sub.add_parser("compare", help="compare the re-authored model with transformers, layer by layer")
-    c.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder")
+    c.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder or Hub id (org/name[@rev])")
     c.add_argument("--project", default=None, help="a project folder instead of HF_DIR; the result is recorded")
     c.add_argument("--name", default=None, help="with --project: the comparison's name (default compare-N)")
     c.add_argument("--mapping", default=None, help="a saved mapping (JSON); default: the proposed one")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from workbench import tempdirs
+from workbench._io import digest
 from workbench.errors import WorkbenchError
 from workbench.recipe import Recipe
 
@@ -414,10 +415,7 @@ def _export_hf_recipe(r: Recipe, folder: Path) -> Any:
     return EXPORT_HF_RECIPES[r.name]
 
 
-def _hash(data: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+_hash = digest  # the recipe label's and the mapping's content hash (workbench._io)
 
 
 def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", prefill: Sequence[int] = (8,),

@@ -19,9 +19,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from workbench._quiet import import_stack
-
-import_stack()
+# torch and litert-torch only: the Python a model needs when its code uses these layers
+# (`from workbench import layers` loads this file, the package's lazy __init__ and the
+# stdlib-only `_quiet`, nothing else; a copy of this file beside the emitted model works
+# the same, only louder on its first import).
+try:
+    from workbench._quiet import import_stack
+except ImportError:  # a copy outside the workbench
+    pass
+else:
+    import_stack()
 from litert_torch.generative.layers import attention, builder
 from litert_torch.generative.layers import attention_utils
 from litert_torch.generative.layers import kv_cache as kv_utils

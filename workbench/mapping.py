@@ -548,11 +548,11 @@ class Mapping:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Writes the mapping as JSON, atomically (temp file + rename)."""
+        """Writes the mapping as JSON, atomically (a unique temp file, fsync, rename)."""
+        from workbench._io import atomic_write_json
+
         p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(p)
+        atomic_write_json(p, self.to_json(), MappingError, parents=False)
         return p
 
     @classmethod
@@ -590,12 +590,11 @@ class Mapping:
     def fingerprint(self) -> str:
         """What the loaded weights depend on: the blueprint, the patterns and row edits,
         the layouts, and the checkpoint's identity."""
-        import hashlib
+        from workbench._io import digest
 
-        d = {"blueprint": self.blueprint.fingerprint(), "tensor_names": self.tensor_names, "rows": self.rows,
-             "transposed": sorted(self.transposed), "grouped": sorted(self.grouped),
-             "checkpoint": self.checkpoint.fingerprint()}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return digest({"blueprint": self.blueprint.fingerprint(), "tensor_names": self.tensor_names,
+                       "rows": self.rows, "transposed": sorted(self.transposed), "grouped": sorted(self.grouped),
+                       "checkpoint": self.checkpoint.fingerprint()})
 
     def to_python(self) -> str:
         """The `TENSOR_NAMES = ModelLoader.TensorNames(...)` block for the emitted module."""

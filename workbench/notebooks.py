@@ -5,6 +5,9 @@
 Used by `bash run.sh --headless` and by the tests. Each notebook runs in a fresh
 kernel with notebooks/ as its working folder; a failing cell fails the run and
 names the notebook and the cell.
+
+Tooling, not a step of the data path; it ships in the package because it is the README's
+main command in its headless form.
 """
 
 from __future__ import annotations

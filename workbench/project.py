@@ -23,8 +23,6 @@ with a message naming the holder.
 from __future__ import annotations
 
 import datetime
-import errno
-import json
 import os
 import shutil
 import socket
@@ -32,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from workbench import _io
 from workbench.errors import WorkbenchError
 
 SCHEMA_VERSION = 1
@@ -48,76 +47,17 @@ class ProjectError(WorkbenchError):
     """A project that cannot be opened, read or written as asked."""
 
 
-# ---- atomic files ------------------------------------------------------------------
-def _write_all(f, data: bytes) -> None:
-    """Writes every byte (a seam: the disk-full tests fail it half-way)."""
-    f.write(data)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _io_error(e: OSError, path: Path) -> ProjectError:
-    if e.errno == errno.ENOSPC:
-        return ProjectError(f"the disk is full while writing {path.name}; the previous version is intact",
-                            hint="free space on the project's disk and save again")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ProjectError(f"cannot write {path}: {e.strerror}",
-                            hint="the project folder is read-only: copy it somewhere writable, or fix its "
-                                 "permissions")
-    return ProjectError(f"cannot write {path}: {e.strerror or e}", hint="check the project folder")
-
-
+# ---- files: workbench._io, with errors that name the project ------------------------
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replaces `path` with `data` so that a reader sees the old file or the new one, never
-    half of one: temporary file beside it, fsync, rename, fsync of the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            _write_all(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise _io_error(e, path) from None
+    _io.atomic_write_bytes(path, data, ProjectError)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n").encode())
+    _io.atomic_write_json(path, obj, ProjectError)
 
 
 def read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ProjectError(f"{what} is missing: {path}", hint="restore it from git, or redo that step") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProjectError(f"{what} ({Path(path).name}) is not valid JSON: {e}",
-                           hint="restore it from git (`git checkout -- FILE`), or delete it and redo that step") \
-            from None
-    except OSError as e:
-        raise ProjectError(f"cannot read {path}: {e.strerror or e}", hint="check the file's permissions") from None
-    if not isinstance(data, dict):
-        raise ProjectError(f"{what} ({Path(path).name}) holds a {type(data).__name__}, not a JSON object",
-                           hint="restore it from git, or delete it and redo that step")
-    return data
+    return _io.read_json(path, what, ProjectError)
 
 
 def _now() -> str:
@@ -774,7 +714,7 @@ def _copy_tree(src: Path, dst: Path) -> None:
         os.replace(tmp, dst)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _io_error(e, dst) from None
+        raise _io.write_error(e, dst, ProjectError) from None
 
 
 __all__ = ["Workbench", "ProjectError", "STEPS", "atomic_write_bytes", "atomic_write_json"]

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import re
@@ -37,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from workbench._io import atomic_write_bytes, atomic_write_json, digest, read_json
 from workbench.errors import WorkbenchError
 
 KIND = "edge-workbench/sweep"
@@ -118,8 +117,7 @@ def plan(recipes: Union[Sequence, dict], bp, paths: Sequence[str] = ("reauthored
     return items
 
 
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_digest = digest
 
 
 def _file_stem(label: str) -> str:
@@ -265,22 +263,18 @@ class Sweep:
                 "pareto": self.pareto(), "notes": self.notes}
 
     def save(self) -> None:
-        from workbench.project import atomic_write_json
-
         with self._lock:
             record = {"kind": KIND, "schema": 1, "created": self.created, "inputs": self.inputs,
                       "result": self.to_json()}
-            atomic_write_json(self.record_path, record)
+            atomic_write_json(self.record_path, record, SweepError)
 
     @classmethod
     def load(cls, path: Union[str, Path], project=None) -> "Sweep":
         """A saved sweep (its sweep.json, or a project's sweeps/NAME.json); nothing is recomputed."""
-        from workbench.project import read_json
-
         path = Path(path)
         if path.is_dir():
             path = path / "sweep.json"
-        rec = read_json(path, "the sweep")
+        rec = read_json(path, "the sweep", SweepError)
         if rec.get("kind") != KIND:
             raise SweepError(f"{path} is not an Edge Workbench sweep", hint="open a sweep.json written by sweep()")
         res = rec["result"]
@@ -481,8 +475,6 @@ class Sweep:
         """Copies a row's model (default: the chosen one) and its manifest into `dest`."""
         import shutil
 
-        from workbench.project import atomic_write_bytes
-
         label = label or self.chosen
         if label is None:
             raise SweepError("no model is chosen", hint="pick one first (s.pick(label)), or name it: "
@@ -496,7 +488,7 @@ class Sweep:
         os.replace(tmp, target)
         man = f.with_suffix(".json")
         if man.is_file():
-            atomic_write_bytes(target.with_suffix(".json"), man.read_bytes())
+            atomic_write_bytes(target.with_suffix(".json"), man.read_bytes(), SweepError)
         return target
 
     def table_html(self) -> str:

@@ -3,13 +3,13 @@
     ex = Explorer(wb)                  # a Workbench, a project folder or a Hugging Face folder
     ex.show(["original", "reauthored", "tflite"], height=600, layout="split")   # inline, in a cell
     ex.url(["original", "reauthored"]) # the same view for a browser tab (carries its secret)
-    ex.show(["original", "reauthored"], overlay="compare")   # numbers on the graphs (workbench.overlays)
+    ex.show(["original", "reauthored"], overlay="compare")   # numbers on the graphs (workbench.explore.overlays)
     ex.close()                         # or let the kernel end: the server ends with it
 
-One Model Explorer server per kernel (`workbench.explore_server`, a child process we own,
+One Model Explorer server per kernel (`workbench.explore.server`, a child process we own,
 on 127.0.0.1, behind a guard that wants the session's secret), started in the background
 and reused by every Explorer; nothing here blocks the kernel for longer than an export.
-Graphs are exported once per content (`workbench.graphs`), and a graph that cannot be
+Graphs are exported once per content (`workbench.explore.graphs`), and a graph that cannot be
 exported shows as an error card where its pane would be, beside the ones that can.
 
 The view is Model Explorer's own page, addressed by its URL `data` parameter (the models,
@@ -47,9 +47,9 @@ from urllib.parse import quote
 
 from workbench import tempdirs
 from workbench.errors import WorkbenchError
-from workbench.explore_server import ALLOW_PATH, HEALTH_OK, HEALTH_PATH, SECRET_HEADER, SECRET_PARAM
-from workbench.graphs import GRAPHS, TITLES, Graph, GraphSources, GraphStore
-from workbench.overlays import OVERLAYS, Overlay, OverlayError
+from workbench.explore.server import ALLOW_PATH, HEALTH_OK, HEALTH_PATH, SECRET_HEADER, SECRET_PARAM
+from workbench.explore.graphs import GRAPHS, TITLES, Graph, GraphSources, GraphStore
+from workbench.explore.overlays import OVERLAYS, Overlay, OverlayError
 from workbench.progress import Progress
 
 LAYOUTS = ("split", "side", "stacked")
@@ -105,7 +105,7 @@ class ExploreServer:
             f.write(self.secret)
         self._port_file = Path(self._dir) / "port.json"
         self.log_path = Path(self._dir) / "server.log"
-        cmd = [sys.executable, "-m", "workbench.explore_server", "--port", str(port or 0),
+        cmd = [sys.executable, "-m", "workbench.explore.server", "--port", str(port or 0),
                "--secret-file", str(secret_file), "--port-file", str(self._port_file),
                "--parent-pid", str(os.getpid())]
         for r in roots:
@@ -574,7 +574,7 @@ class Explorer:
 
     def overlays(self) -> list[dict]:
         """Each overlay: name, title, the graphs it colours, whether it can be shown now and why not."""
-        from workbench.overlays import APPLIES_TO, TIMING_UNAVAILABLE
+        from workbench.explore.overlays import APPLIES_TO, TIMING_UNAVAILABLE
 
         out = []
         src = None
@@ -652,7 +652,7 @@ class Explorer:
         return self._overlay_for(name, [g for g in graphs.values() if g.ok], comparison)
 
     def _overlay_for(self, name: Optional[str], graphs: Sequence[Graph], comparison: Any) -> Optional[Overlay]:
-        from workbench import overlays as ovl
+        from workbench.explore import overlays as ovl
 
         if name is None:
             return None
@@ -690,7 +690,7 @@ class Explorer:
 
     def _sync_for(self, pair: Sequence[Graph], enabled: bool) -> dict:
         """The split view's sync: the mode the address turns on, the mapping file, a note."""
-        from workbench import overlays as ovl
+        from workbench.explore import overlays as ovl
 
         names = [g.name for g in pair]
         out: dict[str, Any] = {"pair": names, "mode": None, "file": None, "note": ""}

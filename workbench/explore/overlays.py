@@ -25,11 +25,11 @@ original <-> re-authored from the weight mapping (the ops reading each checkpoin
 and the litert-torch parameter it fills, their modules, every decoder layer's group), and
 re-authored <-> converted from the module namespaces both share. Model Explorer's Flask app
 loads such a file only through its sync menu ("Upload mapping"); the two PyTorch graphs
-also sync with no file, by node id (see `workbench.graphs`).
+also sync with no file, by node id (see `workbench.explore.graphs`).
 
 A converted model's node index (ids, namespaces, tensors, constants) comes from Model
 Explorer's own flatbuffer adapter, run once per file in a child process
-(`python -m workbench.overlays tflite-index MODEL OUT`) and kept beside the overlays.
+(`python -m workbench.explore.overlays tflite-index MODEL OUT`) and kept beside the overlays.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from workbench._io import atomic_write_json, digest
 from workbench.errors import WorkbenchError
 
 OVERLAY_VERSION = 2  # bump when a file's content changes for the same inputs
@@ -125,8 +125,7 @@ class Overlay:
 
 
 # ---- small helpers -------------------------------------------------------------------
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_hash = digest
 
 
 def file_identity(path: Path) -> dict:
@@ -143,10 +142,7 @@ def file_identity(path: Path) -> dict:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, OverlayError, compact=True)
 
 
 def _prune(folder: Path, keep: int = KEEP) -> None:
@@ -203,7 +199,7 @@ def tflite_index(path: Path, folder: Path, timeout: float = 600) -> dict:
             return json.loads(out.read_text())
         except ValueError:
             pass
-    proc = subprocess.run([sys.executable, "-m", "workbench.overlays", "tflite-index", str(path), str(out)],
+    proc = subprocess.run([sys.executable, "-m", "workbench.explore.overlays", "tflite-index", str(path), str(out)],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode != 0 or not out.is_file():
@@ -731,7 +727,7 @@ def write_sync(folder: Path, key_inputs: dict, filename: str, mapping: dict) -> 
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] != "tflite-index":
-        print("usage: python -m workbench.overlays tflite-index MODEL.tflite OUT.json", file=sys.stderr)
+        print("usage: python -m workbench.explore.overlays tflite-index MODEL.tflite OUT.json", file=sys.stderr)
         return 2
     index = _index_from_adapter(args[1])
     _atomic_json(Path(args[2]), index)

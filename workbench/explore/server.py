@@ -1,6 +1,6 @@
 """The Model Explorer server we own: Model Explorer's Flask app behind a guard, in its own process.
 
-    python -m workbench.explore_server --port 0 --secret-file F --allow-root DIR [--allow-file F ...]
+    python -m workbench.explore.server --port 0 --secret-file F --allow-root DIR [--allow-file F ...]
         [--port-file F] [--parent-pid PID]
 
 `workbench.explore.Explorer` starts this; nobody needs to by hand. Model Explorer's

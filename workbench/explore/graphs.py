@@ -11,7 +11,7 @@
   composite markers removed (they cannot be serialized and are not ops);
 - tflite: a converted model, used where it is (the project's newest fresh conversion).
 
-Exports run in a child process (`python -m workbench.graphs SPEC.json`), so torch.export's
+Exports run in a child process (`python -m workbench.explore.graphs SPEC.json`), so torch.export's
 memory never stays in the kernel and a crash cannot take it down. Each graph's folder is
 named by the hash of its inputs (checkpoint fingerprint and config, or the mapping's
 fingerprint, which covers the blueprint; export settings; package versions), so an
@@ -49,6 +49,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from workbench._io import atomic_write_bytes, digest
 from workbench.errors import WorkbenchError
 from workbench.progress import Progress, report
 
@@ -139,8 +140,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_hash = digest
 
 
 def _file_sha(path: Path) -> str:
@@ -315,7 +315,7 @@ class GraphStore:
         t0 = time.time()
         try:
             with open(log_path, "w") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "workbench.graphs", spec_path], stdout=subprocess.PIPE,
+                proc = subprocess.Popen([sys.executable, "-m", "workbench.explore.graphs", spec_path], stdout=subprocess.PIPE,
                                         stderr=log, stdin=subprocess.DEVNULL, text=True,
                                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
                 assert proc.stdout is not None
@@ -399,7 +399,7 @@ def _wrappers():
 
     for cls in (OriginalModule, ExportableModule):
         cls.__qualname__ = cls.__name__
-        cls.__module__ = "workbench.graphs"
+        cls.__module__ = "workbench.explore.graphs"
     return OriginalModule, ExportableModule
 
 
@@ -593,9 +593,7 @@ def _node_index(ep, name: str) -> dict:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, GraphError)
 
 
 def _run_job(spec: dict, job: dict, emit) -> None:
