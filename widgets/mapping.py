@@ -216,7 +216,7 @@ class MappingPanel(W.VBox):
     def refresh(self) -> None:
         m = self.mapping
         self.counts = m.counts()
-        self.problems = m.problems()
+        self.problems = [str(p) for p in m.problems()]  # the sentences, as the trait holds text
         n_bad = sum(1 for e in m.table() if e.target and not e.ok)
         n_unused = len(m.unused())
         verdict = ("<b style='color:#2e7d32'>ready to load</b>" if not self.problems and not n_unused else
@@ -247,9 +247,9 @@ class MappingPanel(W.VBox):
             "</table>" + ("" if rows else "<i>no rows match the filter</i>"))
         pattern_issues = m.pattern_problems()
         self.problems_html.value = "" if not pattern_issues else (
-            "<ul>" + "".join(f"<li style='color:#c62828'>{html.escape(p)}</li>" for p in pattern_issues) + "</ul>")
-        bad_keys = {p.split(":", 1)[0] for p in pattern_issues}
-        bad_keys |= {k for e in m.table() if e.target and not e.ok for k in e.key.split("+")}
+            "<ul>" + "".join(f"<li style='color:#c62828'>{html.escape(str(p))}</li>" for p in pattern_issues) + "</ul>")
+        bad_keys = {p.field for p in pattern_issues}
+        bad_keys |= {k for e in m.table() if e.target and not e.ok for k in e.keys}
         for k, t in self.patterns.items():
             t.layout.border = "2px solid #c62828" if k in bad_keys else ""
         blocking = len(self.problems) + n_unused

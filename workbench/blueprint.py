@@ -89,15 +89,17 @@ _TYPES: dict[str, tuple] = {
 class Problem:
     """One thing wrong with a Blueprint: where, what, and the fix."""
 
-    field: str
+    field: str  # a Blueprint knob, a mapping's TensorNames key, or a model parameter
     value: Any
     message: str
-    fix: str
+    fix: str  # "" when the message says it (a mapping row's hint)
     layer: Optional[int] = None
+    show_value: bool = True  # False where the message names the value (a mapping's pattern or source)
 
     def __str__(self) -> str:
         where = f"layer {self.layer}: " if self.layer is not None else ""
-        return f"{where}{self.field}={self.value!r}: {self.message}; fix: {self.fix}"
+        value = f"={self.value!r}" if self.show_value else ""
+        return f"{where}{self.field}{value}: {self.message}" + (f"; fix: {self.fix}" if self.fix else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,11 +127,11 @@ def cmd_map(args: argparse.Namespace) -> tuple[dict, str]:
     out = {
         "tensor_names": {k: v for k, v in m.tensor_names.items() if v},
         "entries": [e.to_json() for e in entries],
-        "problems": m.problems(),
+        "problems": [str(p) for p in m.problems()],
         "unused": m.unused(),
         "unused_harmless": m.unused(harmless=True),
         "counts": m.counts(),
-        "notes": sorted({e.hint for e in entries if e.status == "ok" and "converted" in e.hint}),
+        "notes": sorted({e.hint for e in entries if e.status == "ok" and e.converted}),
     }
     if wb is not None:  # recorded (with --save) only when it can load: a project's mapping is a reviewed one
         out["saved"] = bool(args.save) and not out["problems"] and not out["unused"]

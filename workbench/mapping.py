@@ -19,8 +19,9 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
+from workbench.blueprint import Problem
 from workbench.checkpoint import Checkpoint
 from workbench.errors import MappingError
 from workbench.progress import Progress, report
@@ -100,28 +101,54 @@ class Target:
     parts: tuple[tuple[str, tuple[int, ...]], ...] = ()  # qkv from separate tensors: (key, shape) each
 
 
+# A row's state. ok, tied and "unused (harmless)" load; the others are problems to fix.
+Status = Literal["ok", "tied", "transposed", "shape mismatch", "missing", "needs split", "needs fuse", "duplicate",
+                 "unused", "unused (harmless)"]
+LOADS: tuple[Status, ...] = ("ok", "tied", "unused (harmless)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One row of the mapping table."""
 
     target: str  # "" for an unused source tensor
-    source: str  # source tensor name(s), " + " between fused parts
-    key: str
+    sources: tuple[str, ...]  # the source tensor(s): three for q, k and v fused on load; () when none
+    keys: tuple[str, ...]  # their TensorNames keys, in the same order; () for an unused tensor
     expected: Optional[tuple[int, ...]]
     found: Optional[tuple[int, ...]]
     dtype: Optional[str]
-    status: str
+    status: Status
     hint: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status in ("ok", "tied", "unused (harmless)")
+        return self.status in LOADS
+
+    @property
+    def source(self) -> str:
+        """The sources as one line of text (fused parts joined by " + "), for tables."""
+        return " + ".join(self.sources)
+
+    @property
+    def key(self) -> str:
+        """The keys as one label ("attn_query_proj+attn_key_proj+attn_value_proj"), for tables."""
+        return "+".join(self.keys)
+
+    @property
+    def converted(self) -> bool:
+        """Its dtype is converted to float32 on load (bf16, fp16, or fused parts of mixed dtypes)."""
+        return self.dtype not in (None, "float32")
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["expected"] = list(self.expected) if self.expected is not None else None
-        d["found"] = list(self.found) if self.found is not None else None
-        return d
+        return {"target": self.target, "source": self.source, "key": self.key, "sources": list(self.sources),
+                "keys": list(self.keys),
+                "expected": list(self.expected) if self.expected is not None else None,
+                "found": list(self.found) if self.found is not None else None,
+                "dtype": self.dtype, "status": self.status, "hint": self.hint}
+
+
+def _one(name: Optional[str]) -> tuple[str, ...]:
+    return (name,) if name else ()
 
 
 def layer_template(name: str) -> tuple[str, Optional[int]]:
@@ -330,7 +357,7 @@ class Mapping:
         for t in self._targets:
             if t.key == "lm_head" and self.blueprint.tie_embeddings:
                 src = self._source_name("embedding", None, "weight") or ""
-                rows.append(Entry(t.param, src, "embedding", t.shape, ck[src].shape if src in ck else None,
+                rows.append(Entry(t.param, _one(src), ("embedding",), t.shape, ck[src].shape if src in ck else None,
                                   ck[src].dtype if src in ck else None, "tied",
                                   "shares tok_embedding.weight (tie_embeddings)"))
                 continue
@@ -343,7 +370,7 @@ class Mapping:
                 rows.append(self._fused(t))
             else:
                 rows.append(self._single(t, self._source_name(t.key, t.layer, t.suffix), t.key))
-            for s in rows[-1].source.split(" + "):
+            for s in rows[-1].sources:
                 if s in ck:
                     used.setdefault(s, []).append(len(rows) - 1)
         for s, idx in used.items():
@@ -358,22 +385,22 @@ class Mapping:
     def _single(self, t: Target, src: Optional[str], key: str) -> Entry:
         ck = self.checkpoint.tensors
         if src is None:
-            return Entry(t.param, "", key, t.shape, None, None, "missing",
+            return Entry(t.param, (), (key,), t.shape, None, None, "missing",
                          f"no pattern for {key}: set it with m.set({key!r}, 'prefix.{{}}.module')")
         if src not in ck:
-            return Entry(t.param, src, key, t.shape, None, None, *self._why_missing(t, src, key))
+            return Entry(t.param, (src,), (key,), t.shape, None, None, *self._why_missing(t, src, key))
         info = ck[src]
         want = t.shape[::-1] if key in self.transposed else t.shape
         note = f"{info.dtype}: converted to float32 on load" if info.dtype != "float32" else ""
         if key in self.grouped:
             note = "; ".join(x for x in ("rows reordered from per-group [q.., k, v] to [q; k; v] on load", note) if x)
         if info.shape == want:
-            return Entry(t.param, src, key, t.shape, info.shape, info.dtype, "ok", note)
+            return Entry(t.param, (src,), (key,), t.shape, info.shape, info.dtype, "ok", note)
         if info.shape == want[::-1] and len(want) == 2:
-            return Entry(t.param, src, key, t.shape, info.shape, info.dtype, "transposed",
+            return Entry(t.param, (src,), (key,), t.shape, info.shape, info.dtype, "transposed",
                          f"source has shape {info.shape}, target expects {t.shape}: transposed? "
                          f"if the checkpoint stores it that way, m.set_transposed({key!r})")
-        return Entry(t.param, src, key, t.shape, info.shape, info.dtype, "shape mismatch",
+        return Entry(t.param, (src,), (key,), t.shape, info.shape, info.dtype, "shape mismatch",
                      f"source has shape {info.shape}, target expects {t.shape}; it is no transpose either: "
                      f"check the blueprint's {_KNOB_HINT.get(t.key, 'sizes')} against the checkpoint")
 
@@ -384,12 +411,12 @@ class Mapping:
             src = self._source_name(key, t.layer, t.suffix)
             if src is None or src not in ck:
                 status, hint = ("missing", f"no pattern for {key}") if src is None else self._why_missing(t, src, key)
-                return Entry(t.param, src or "", key, t.shape, None, None, status, hint)
+                return Entry(t.param, _one(src), (key,), t.shape, None, None, status, hint)
             info = ck[src]
             want = shape[::-1] if key in self.transposed else shape
             if info.shape != want:
                 status = "transposed" if info.shape == want[::-1] and len(want) == 2 else "shape mismatch"
-                return Entry(t.param, src, key, shape, info.shape, info.dtype, status,
+                return Entry(t.param, (src,), (key,), shape, info.shape, info.dtype, status,
                              f"{key} part has shape {info.shape}, expected {shape}: check the blueprint's "
                              f"num_heads, num_kv_heads and head_dim")
             srcs.append(src)
@@ -398,8 +425,7 @@ class Mapping:
         total = (sum(s[0] for s in found), *found[0][1:])
         dtype = dtypes.pop() if len(dtypes) == 1 else "mixed"
         note = "q, k and v fused on load" + (f"; {dtype}: converted to float32 on load" if dtype != "float32" else "")
-        return Entry(t.param, " + ".join(srcs), "attn_query_proj+attn_key_proj+attn_value_proj", t.shape, total,
-                     dtype, "ok", note)
+        return Entry(t.param, tuple(srcs), tuple(k for k, _ in t.parts), t.shape, total, dtype, "ok", note)
 
     def _why_missing(self, t: Target, src: str, key: str) -> tuple[str, str]:
         ck = self.checkpoint.tensors
@@ -430,7 +456,7 @@ class Mapping:
             if name in used:
                 continue
             if HARMLESS.search(name):
-                out.append(Entry("", name, "", None, info.shape, info.dtype, "unused (harmless)",
+                out.append(Entry("", (name,), (), None, info.shape, info.dtype, "unused (harmless)",
                                  "a buffer transformers recomputes; not a weight"))
                 continue
             _, layer = layer_template(name)
@@ -440,11 +466,12 @@ class Mapping:
                 hint = "the checkpoint has its own LM head but the blueprint ties it: set tie_embeddings=False"
             else:
                 hint = "nothing in the model takes it: a pattern is missing or the blueprint lacks a feature"
-            out.append(Entry("", name, "", None, info.shape, info.dtype, "unused", hint))
+            out.append(Entry("", (name,), (), None, info.shape, info.dtype, "unused", hint))
         return out
 
     # ---- verdicts -----------------------------------------------------------------
-    def pattern_problems(self) -> list[str]:
+    def pattern_problems(self) -> list[Problem]:
+        """Patterns that cannot be right: `field` is the TensorNames key, `value` the pattern."""
         out = []
         needed = self.needed_keys()
         for k, pattern in self.tensor_names.items():
@@ -452,13 +479,15 @@ class Mapping:
                 continue
             per_layer = k not in MODEL_KEYS
             if per_layer and "{}" not in pattern and self.blueprint.num_layers > 1:
-                out.append(f"{k}: pattern {pattern!r} has no {{}}: every layer would read the same tensor; "
-                           "fix: put {} where the layer index goes")
+                out.append(Problem(k, pattern, f"pattern {pattern!r} has no {{}}: every layer would read the same "
+                                   "tensor", "put {} where the layer index goes", show_value=False))
             elif not per_layer and "{}" in pattern:
-                out.append(f"{k}: pattern {pattern!r} has a {{}}, but {k} has no layer index; fix: remove it")
+                out.append(Problem(k, pattern, f"pattern {pattern!r} has a {{}}, but {k} has no layer index",
+                                   "remove it", show_value=False))
             elif (k in needed or k == "attn_fused_qkv_proj") and not any(
                     self._resolves_at(k, i) for i in (range(self.blueprint.num_layers) if per_layer else [None])):
-                out.append(f"{k}: pattern {pattern!r} names no tensor in the checkpoint")
+                out.append(Problem(k, pattern, f"pattern {pattern!r} names no tensor in the checkpoint", "",
+                                   show_value=False))
         return out
 
     def _resolves_at(self, key: str, layer: Optional[int]) -> bool:
@@ -466,10 +495,11 @@ class Mapping:
         return name is not None and (name in self.checkpoint.tensors
                                      or name[:-len("weight")] + "bias" in self.checkpoint.tensors)
 
-    def problems(self) -> list[str]:
-        """Pattern problems and every target row that is not ok, as sentences."""
-        rows = [f"{e.target}: {e.status}" + (f" ({e.source})" if e.source else "") + f": {e.hint}"
-                for e in self.table() if e.target and not e.ok]
+    def problems(self) -> list[Problem]:
+        """Pattern problems, then every target row that does not load (`field`: the parameter,
+        `value`: its sources; `str()` of each is the sentence the views show)."""
+        rows = [Problem(e.target, e.sources, f"{e.status}" + (f" ({e.source})" if e.sources else "") + f": {e.hint}",
+                        "", show_value=False) for e in self.table() if e.target and not e.ok]
         return self.pattern_problems() + rows
 
     def unused(self, harmless: bool = False) -> list[str]:
@@ -510,11 +540,10 @@ class Mapping:
         modules = dict(model.named_modules())
         for i, e in enumerate(entries):
             report(progress, "load weights", i, len(entries), e.target)
-            parts = [self.checkpoint.get(s) for s in e.source.split(" + ")]
-            keys = e.key.split("+")
-            parts = [p.T.contiguous() if k in self.transposed else p for p, k in zip(parts, keys)]
+            parts = [self.checkpoint.get(s) for s in e.sources]
+            parts = [p.T.contiguous() if k in self.transposed else p for p, k in zip(parts, e.keys)]
             tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-            if e.key in self.grouped:
+            if e.keys[0] in self.grouped:
                 layer = layer_template(e.target)[1]
                 tensor = ungroup_qkv(tensor, *qkv_groups(self.blueprint, layer))
             module_name, pname = e.target.rsplit(".", 1)
