@@ -214,6 +214,29 @@ class BuilderPanel(W.VBox):
         self.refresh()
         self._say(f"Loaded preset {html.escape(name)}.")
 
+    def load_hf(self, source: str) -> None:
+        """Loads the blueprint of a Hugging Face model: a Hub id (`org/name[@rev]`, its
+        config.json fetched into the hub's cache, with a progress bar) or a local folder."""
+        source = (source or "").strip()
+        if not source:
+            return self._say("Type a Hub id (org/name) or a model folder first.", error=True)
+
+        def progress(stage: str, done: int, total: int, detail: str = "") -> None:
+            self.download.layout.visibility = "visible"
+            self.download.max, self.download.value = max(total, 1), min(done, max(total, 1))
+            self.download.description = detail[:20]
+
+        try:
+            self.blueprint = Blueprint.from_hf(source, progress=progress)
+        except WorkbenchError as e:
+            return self._say(str(e), error=True)
+        finally:
+            self.download.layout.visibility = "hidden"
+        self.input_errors.clear()
+        self._sync_form()
+        self.refresh()
+        self._say(f"Loaded {html.escape(self.blueprint.source or source)}.")
+
     def override(self, layers: list[int], field: str, value: Any) -> None:
         """Overrides one knob on the given layers (value may be text, as typed)."""
         if not layers:

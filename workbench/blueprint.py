@@ -167,9 +167,13 @@ class Blueprint:
 
     # ---- constructors -------------------------------------------------------------
     @classmethod
-    def from_hf(cls, path: str | Path) -> "Blueprint":
-        """Reads a Hugging Face model folder (or its config.json) into a Blueprint."""
-        p = Path(path)
+    def from_hf(cls, path: str | Path, progress=None) -> "Blueprint":
+        """Reads a Hugging Face model folder (or its config.json) into a Blueprint. A Hub id
+        (`org/name[@revision]`) is read from the hub's cache, fetching config.json if needed
+        (`progress`: the project's progress callback for that download)."""
+        from workbench import hub
+
+        p = hub.resolve(path, need="config", progress=progress)
         cfg_path = p / "config.json" if p.is_dir() or not p.suffix else p
         if not p.exists():
             raise BlueprintError(f"model folder {str(p)!r} does not exist",
@@ -186,7 +190,8 @@ class Blueprint:
             raise BlueprintError(f"{cfg_path} holds a {type(raw).__name__}, not a JSON object",
                                  hint="restore config.json from the model's original files")
         bp = cls.from_hf_config(raw)
-        bp.source = str(p)
+        pinned = hub.origin(p if p.is_dir() else p.parent)
+        bp.source = str(pinned) if pinned is not None else str(p)
         return bp
 
     @classmethod

@@ -40,11 +40,13 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.hub import resolve as resolve_hub
 
 FORMATS = ("litertlm", "task")
 SUFFIXES = {"litertlm": ".litertlm", "task": ".task"}
 CHECK_TEXT = "Once upon a time"
 CHECK_TOKENS = 6  # token ids run through the model: prefill all but the last, decode the last
+LM_CHECK_TOKENS = 8  # greedy tokens LiteRT-LM decodes in the check, compared with the Runner's
 LITERTLM_MAGIC = b"LITERTLM"
 # MediaPipe's .task zip entries (mediapipe/tasks/python/genai/bundler/llm_bundler.py)
 TASK_MODEL, TASK_TOKENIZER, TASK_METADATA = "TF_LITE_PREFILL_DECODE", "TOKENIZER_MODEL", "METADATA"
@@ -107,11 +109,14 @@ def bundle(tflite: Union[str, Path], tokenizer: Union[str, Path], format: str = 
         raise BundleError(f"unknown bundle format {format!r}", hint=f"choose one of {', '.join(FORMATS)}")
     tflite = Path(tflite)
     model = _model_facts(tflite)
-    folder = Path(tokenizer)
+    folder = resolve_hub(tokenizer, need="tokenizer")  # a folder, or a Hub id (org/name[@rev])
     tok = _tokenizer_files(folder, format)
     lookup, tok_vocab = _token_lookup(tok)
     start, stops = _special_ids(folder, lookup)
     ctx = _context_length(context_length, format, model["kv"])
+    if format == "litertlm" and model["kv_layout"] != "transposed":
+        raise BundleError(f"LiteRT-LM cannot run {tflite.name}: {_layout_reason(model['kv_shape'])}",
+                          hint=LAYOUT_HINT).with_cli(LAYOUT_CLI_HINT)
     _check_ids(start, stops, folder, tok_vocab, model["vocab"])
     if format == "task" and start is None:
         raise BundleError(f"a MediaPipe .task bundle needs a start token, and the model in {folder} is not "

@@ -92,8 +92,12 @@ class Checkpoint:
         self._state: Optional[dict] = None  # a mmapped torch state dict (pytorch kind)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Checkpoint":
-        p = Path(path)
+    def open(cls, path: str | Path, progress=None) -> "Checkpoint":
+        """A checkpoint folder (or weights file); a Hub id (`org/name[@revision]`) is read from
+        the hub's cache, downloading what is missing (`progress`: the project's callback)."""
+        from workbench import hub
+
+        p = hub.resolve(path, progress=progress)
         if not p.exists():
             raise CheckpointError(f"checkpoint {str(p)!r} does not exist",
                                   hint="give the model folder (or its weights file)")

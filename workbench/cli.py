@@ -54,6 +54,30 @@ def _need_source(args: argparse.Namespace) -> None:
         raise WorkbenchError("no model given", hint="give a Hugging Face folder (HF_DIR) or --project DIR")
 
 
+HUB_ARGS = ("hf_dir", "from_hf", "tokenizer", "checkpoint")  # the arguments that take a model folder, or a Hub id
+
+
+def _resolve_hub_ids(args: argparse.Namespace) -> None:
+    """Every model-folder argument given as a Hub id (`org/name[@rev]`, not an existing path)
+    becomes its snapshot in the hub's cache, downloaded first if needed, with progress on
+    stderr. `blueprint` needs config.json only; `--tokenizer` the config and tokenizer files."""
+    from workbench import hub
+
+    shown = {"file": "", "tenth": -1}
+
+    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
+        tenth = done * 10 // total if total else 0
+        if detail != shown["file"] or tenth != shown["tenth"]:
+            shown.update(file=detail, tenth=tenth)
+            print(f"{stage}: {done / 1e6:,.1f} / {total / 1e6:,.1f} MB  {detail}", file=sys.stderr, flush=True)
+
+    for name in HUB_ARGS:
+        value = getattr(args, name, None)
+        if hub.is_hub_id(value):
+            need = "config" if args.command == "blueprint" else "tokenizer" if name == "tokenizer" else "all"
+            setattr(args, name, str(hub.resolve(value, need=need, progress=progress)))
+
+
 # ---- blueprint ------------------------------------------------------------------
 def cmd_blueprint(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench import configs
@@ -706,16 +730,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        _resolve_hub_ids(args)
         out, text = COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        hint = ("finished rows are saved: run the same command again to resume" if args.command == "sweep"
+                else "the job was cancelled; nothing was written")
+        print(f"edge-workbench {args.command}: interrupted; {hint}", file=sys.stderr, flush=True)
         if args.json:
-            emit({"error": "interrupted", "hint": "finished rows are saved: run the same command again to resume"
-                  if args.command == "sweep" else "the job was cancelled; nothing was written"})
-        return 130
+            emit({"error": "interrupted", "hint": hint})
+        return EXIT_INTERRUPTED
     except WorkbenchError as e:
-        print(f"edge-workbench {args.command}: {e}", file=sys.stderr)
+        hint = e.cli_hint or e.hint  # a CLI user gets the fix in the CLI's words
+        print(f"edge-workbench {args.command}: {e.message}" + (f" — fix: {hint}" if hint else ""), file=sys.stderr)
         if args.json:
-            emit({"error": e.message, "hint": e.hint})
+            emit({"error": e.message, "hint": hint})
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - the CLI's contract is a JSON error, never a bare traceback
         import traceback

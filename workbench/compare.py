@@ -297,11 +297,11 @@ def compare(hf_dir: str | Path, model_or_blueprint, mapping: Optional["Mapping"]
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workbench import layers
+    from workbench import hub, layers
     from workbench.blueprint import Blueprint
     from workbench.mapping import Mapping
 
-    hf_dir = Path(hf_dir)
+    hf_dir = hub.resolve(hf_dir, progress=progress)  # a folder, or a Hub id (org/name[@rev])
     notes: list[str] = []
     bp0 = model_or_blueprint if isinstance(model_or_blueprint, Blueprint) else getattr(mapping, "blueprint", None)
     if bp0 is not None:

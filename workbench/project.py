@@ -140,13 +140,16 @@ class Workbench:
     # ---- opening ----------------------------------------------------------------
     @classmethod
     def new(cls, path: Union[str, Path], from_hf: Union[str, Path, None] = None, *, blueprint=None,
-            name: Optional[str] = None, copy_checkpoint: bool = False) -> "Workbench":
-        """Creates a project in `path` (a new or empty folder) from a Hugging Face model folder.
+            name: Optional[str] = None, copy_checkpoint: bool = False, progress=None) -> "Workbench":
+        """Creates a project in `path` (a new or empty folder) from a Hugging Face model folder,
+        or a Hub id (`org/name[@revision]`, downloaded into the hub's cache as needed, with
+        `progress`; the project records the id and the commit it resolved to).
 
         The checkpoint stays where it is (recorded relative to the project, and absolute as
         a fallback) unless `copy_checkpoint`: then it is copied into `checkpoint/`, and the
         project is self-contained.
         """
+        from workbench import hub
         from workbench.blueprint import Blueprint
 
         root = Path(path)
@@ -159,18 +162,23 @@ class Workbench:
         if from_hf is None and blueprint is None:
             raise ProjectError("a project starts from a Hugging Face folder (from_hf=) or a Blueprint",
                                hint="Workbench.new(path, from_hf='sample_models/llama-tiny')")
+        if from_hf is not None:
+            from_hf = hub.resolve(from_hf, progress=progress)
         bp = Blueprint.from_hf(from_hf) if from_hf is not None else blueprint.copy()
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _io_error(e, root) from None
+            raise _io.write_error(e, root, ProjectError) from None
         checkpoint = None
         if from_hf is not None:
+            pinned = hub.origin(from_hf)
             source = Path(from_hf).resolve()
             if copy_checkpoint:
                 _copy_tree(source, root / "checkpoint")
                 source = (root / "checkpoint").resolve()
             checkpoint = _path_record(source, root)
+            if pinned is not None:  # found again by id and commit if the cache moves or is cleaned
+                checkpoint["hub"] = pinned.to_json()
         data = {"kind": KIND, "schema": SCHEMA_VERSION, "name": name or bp.name or root.name, "created": _now(),
                 "checkpoint": checkpoint}
         atomic_write_bytes(root / ".gitignore", GITIGNORE.encode())
@@ -278,20 +286,37 @@ class Workbench:
         """The checkpoint folder: relative to the project first, then the absolute fallback."""
         rec = self._data.get("checkpoint")
         if not rec:
-            raise ProjectError("this project has no checkpoint", hint="wb.set_checkpoint(HF_DIR)")
+            raise ProjectError("this project has no checkpoint", hint="wb.set_checkpoint(HF_DIR)").with_cli(
+                f"edge-workbench set-checkpoint --project {self.root} HF_DIR")
         for candidate in (self.root / rec["relative"], Path(rec["absolute"])):
             if (candidate / "config.json").is_file() or candidate.is_file():
                 return candidate
-        raise ProjectError(f"the project's checkpoint is not at {rec['relative']} (relative to the project) nor at "
-                           f"{rec['absolute']}", hint="point the project at it: wb.set_checkpoint(HF_DIR)")
+        found_by_id = ""
+        if rec.get("hub"):  # the snapshot, at the recorded commit, from the cache (or the Hub)
+            from workbench import hub
 
-    def set_checkpoint(self, path: Union[str, Path]) -> None:
-        """Points the project at its checkpoint again (after moving it)."""
+            try:
+                return hub.snapshot(rec["hub"]["id"], rec["hub"]["commit"]).path
+            except hub.HubError as e:
+                found_by_id = f", and by its Hub id: {e.message}"
+        raise ProjectError(f"the project's checkpoint is not at {rec['relative']} (relative to the project) nor at "
+                           f"{rec['absolute']}{found_by_id}",
+                           hint="point the project at it: wb.set_checkpoint(HF_DIR or org/name)").with_cli(
+            f"point the project at it: edge-workbench set-checkpoint --project {self.root} HF_DIR")
+
+    def set_checkpoint(self, path: Union[str, Path], progress=None) -> None:
+        """Points the project at its checkpoint again (after moving it): a folder or a Hub id."""
+        from workbench import hub
+
         self._writable()
-        p = Path(path).resolve()
+        local = hub.resolve(path, progress=progress)
+        p = local.resolve()
         if not (p / "config.json").is_file():
             raise ProjectError(f"{p} holds no config.json", hint="give the Hugging Face model folder")
         self._data["checkpoint"] = _path_record(p, self.root)
+        pinned = hub.origin(local)
+        if pinned is not None:
+            self._data["checkpoint"]["hub"] = pinned.to_json()
         self._mapping = None
         atomic_write_json(self.root / PROJECT_FILE, self._data)
 

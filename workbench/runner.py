@@ -72,6 +72,7 @@ class Runner:
     def __init__(self, model_path: str | Path, tokenizer: str | Path | None = None, threads: int = 2,
                  engine: str = "ai-edge-litert") -> None:
         from workbench.check import SignatureModel, load_tokenizer
+        from workbench.hub import resolve as resolve_hub
 
         if engine not in ENGINES:
             raise RunnerError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
@@ -79,6 +80,8 @@ class Runner:
         if not p.is_file():
             raise RunnerError(f"no model file {str(p)!r}", hint="give the .tflite a conversion wrote")
         self.engine, self.bundle, self.lm = engine, None, None
+        if tokenizer is not None:  # a folder, or a Hub id (org/name[@rev]): its snapshot's tokenizer
+            tokenizer = resolve_hub(tokenizer, need="tokenizer")
         self.tokenizer_dir = Path(tokenizer) if tokenizer is not None else None
         if engine == "litert-lm" and p.suffix != ".litertlm":
             raise RunnerError(f"the litert-lm engine runs a .litertlm bundle, and {p.name} is not one",

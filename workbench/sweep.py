@@ -613,14 +613,22 @@ def prepare(source, recipes: Union[Sequence, dict], *, paths: Sequence[str] = ("
             prefill: Sequence[int] = (8,), kv: int = 64, out: Union[str, Path] = "out/sweep",
             threads: int = 2, decode_steps: int = 16, eval_tokens: int = 64, fresh: bool = False,
             record_path: Optional[Path] = None, file_prefix: str = "", manifest_extra: Optional[dict] = None,
-            project=None) -> Sweep:
+            project=None, engine: str = "ai-edge-litert") -> Sweep:
     """A sweep ready to `run()`: rows already saved under the same settings are kept (the
-    sweep resumes); a saved sweep of other settings is refused unless `fresh=True`."""
+    sweep resumes); a saved sweep of other settings is refused unless `fresh=True`.
+    `engine="litert-lm"` times each row in LiteRT-LM, the on-device runtime, on a bundle of
+    the row's file (written beside it) instead of ai-edge-litert."""
+    from workbench.runner import ENGINES
+
+    if engine not in ENGINES:
+        raise SweepError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
     from workbench.blueprint import Blueprint
     from workbench.convert import ConversionError, estimate_peak_bytes
+    from workbench.hub import resolve as resolve_hub
     from workbench.mapping import Mapping
 
     if isinstance(source, (str, Path)):
+        source = resolve_hub(source)  # a folder, or a Hub id (org/name[@rev])
         if not (Path(source) / "config.json").is_file():
             raise SweepError(f"{source} is not a Hugging Face model folder (no config.json)",
                              hint="give the folder with config.json and the safetensors, or a project")
