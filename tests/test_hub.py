@@ -435,3 +435,17 @@ def test_export_hf_is_given_the_ids_snapshot(cache, tmp_path):
     finally:
         job.cancel()
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_explorer_takes_an_id(cache, tmp_path):
+    from workbench.explore import Explorer
+
+    ex = Explorer("acme/llama-tiny", graphs_dir=tmp_path / "g")
+    assert ex._hf == snap(cache, LLAMA).resolve() and ex.available() == ["original", "reauthored"]
+
+
+def test_cli_new_names_the_id_it_was_made_from(cache, tmp_path, capsys):
+    from workbench import cli
+
+    assert cli.main(["new", str(tmp_path / "p"), "--from", "acme/llama-tiny"]) == 0
+    assert f"created {tmp_path / 'p'} from acme/llama-tiny" in capsys.readouterr().out

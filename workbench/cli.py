@@ -75,6 +75,7 @@ def _resolve_hub_ids(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if hub.is_hub_id(value):
             need = "config" if args.command == "blueprint" else "tokenizer" if name == "tokenizer" else "all"
+            args._given[name] = value  # what the user typed, for messages
             setattr(args, name, str(hub.resolve(value, need=need, progress=progress)))
 
 
@@ -467,7 +468,7 @@ def cmd_new(args: argparse.Namespace) -> tuple[dict, str]:
     steps = wb.status()
     wb.close()
     return ({"project": str(wb.root), "steps": steps},
-            f"created {wb.root} from {args.from_hf}\n" + "\n".join(f"  {k:<12} {v}" for k, v in steps.items()))
+            f"created {wb.root} from {args._given.get('from_hf', args.from_hf)}\n" + "\n".join(f"  {k:<12} {v}" for k, v in steps.items()))
 
 
 def cmd_set_checkpoint(args: argparse.Namespace) -> tuple[dict, str]:
@@ -721,6 +722,7 @@ def emit(obj: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args._projects = []
+    args._given = {}
     try:
         return _run(args)
     finally:

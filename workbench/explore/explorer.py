@@ -386,7 +386,9 @@ class Explorer:
             self._wb = source
             root = source.root
         else:
-            p = Path(source)
+            from workbench import hub
+
+            p = hub.resolve(source, need="all") if hub.is_hub_id(source) else Path(source)  # org/name[@rev] too
             if (p / PROJECT_FILE).is_file():
                 self._project = p
                 root = p
@@ -707,7 +709,7 @@ class Explorer:
             except WorkbenchError as e:
                 out["note"] = f"no mapping to pair the graphs with: {e.message}"
                 return out
-            rows = [(e.target, e.source.split(" + ")) for e in m.table() if e.target and e.source]
+            rows = [(e.target, list(e.sources)) for e in m.table() if e.target and e.sources]
             mapping = ovl.pytorch_sync(ovl.pt_nodes(g["original"]), ovl.pt_nodes(g["reauthored"]), rows,
                                        original_left=names[0] == "original")
             out["file"] = ovl.write_sync(folder, {"pair": names, "keys": [x.key for x in pair],

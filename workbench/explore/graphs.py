@@ -476,7 +476,7 @@ def _mapping_sources(spec: dict) -> dict[str, list[str]]:
     from workbench.mapping import Mapping
 
     m = Mapping.from_json(spec["mapping"], checkpoint=spec["hf_dir"])
-    return {e.target: e.source.split(" + ") for e in m.table() if e.target and e.source}
+    return {e.target: list(e.sources) for e in m.table() if e.target and e.sources}
 
 
 def _custom_ops(ep) -> list[str]:
