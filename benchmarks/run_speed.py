@@ -15,6 +15,12 @@ whose cache is transposed) — then:
   - decode tok/s of ai-edge-litert's Interpreter signature runner in a bare loop (how a .tflite
     is usually run from Python; it copies every cache in and out of each call);
   - decode tok/s of the re-authored PyTorch model, eager, one token at a time;
+  - LiteRT-LM, the on-device runtime (litert-lm-api), on a .litertlm bundle of each file it can
+    run (the transposed layout and export_hf; the default layout is refused by `bundle`): a
+    session (prefill the prompt text, decode greedily, its BenchmarkInfo) and its own
+    `litert_lm.Benchmark`, in rounds interleaved with the Runner's. Prefill is compared as
+    prompt tokens / time to first token for both (each prefills all but the last token and
+    decodes that one); LiteRT-LM's own prefill figure (prefill tokens / prefill time) is printed beside;
   - this machine's bound: memory read bandwidth with the decode's threads (the best of three
     read-only passes over 1 GiB, measured here) divided by
     the weight bytes one decode step reads (the file's weights minus the embedding table,
@@ -40,7 +46,9 @@ sys.path.insert(0, str(HERE))
 from _models import add_sample_tokenizer, llama_checkpoint  # noqa: E402
 
 STEPS = 64
-KINDS = ("Runner", "compiled model directly", "Interpreter signature runner")
+KINDS = ("Runner", "compiled model directly", "Interpreter signature runner", "LiteRT-LM session", "LiteRT-LM Benchmark")
+# 15 tokens of the llama-tiny sample's tokenizer (the benchmark checkpoints carry it), 16 with <s>
+PROMPT_TEXT = "Once upon a time there was a small"
 # row label -> convert() arguments; every layout named, so the rows don't move with the default
 FILES = {
     "re-authored, default layout": dict(path="reauthored", kv_layout="default"),
@@ -178,6 +186,9 @@ def main() -> None:
                     help="an existing llama-shaped checkpoint instead (e.g. benchmarks/_work/tinyllama-1.1b)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the converted files under benchmarks/_work/speed-... and reuse them next time")
+    ap.add_argument("--only", default=None, help="comma-separated files to convert and time: default, transposed, "
+                                                 "export_hf (e.g. --only transposed at 1.1B, to spare memory)")
+    ap.add_argument("--no-litert-lm", action="store_true", help="leave out the LiteRT-LM rows")
     args = ap.parse_args()
     from workbench._quiet import import_stack
 
@@ -185,6 +196,8 @@ def main() -> None:
     from workbench import Blueprint
     from workbench.convert import convert
     from workbench.mapping import Mapping
+    from workbench.bundle import BundleError, bundle
+    from workbench.litert_lm import LiteRtLm
     from workbench.runner import Runner
 
     folder = args.folder or llama_checkpoint(args.layers, args.hidden)
@@ -192,12 +205,13 @@ def main() -> None:
     bp = Blueprint.from_hf(folder)
     m = Mapping.propose(bp, folder)
     params = bp.summary().params
-    prompt = [1 + (7 * i) % 400 for i in range(16)]
     keep = HERE / "_work" / f"speed-{folder.name}-{args.recipe}-kv{args.kv}"
     with tempfile.TemporaryDirectory() as tmp:
         out = keep if args.keep else Path(tmp)
         files = {}
-        for label, kw in FILES.items():
+        wanted = {k: v for k, v in FILES.items()
+                  if args.only is None or any(w.strip() in k for w in args.only.split(","))}
+        for label, kw in wanted.items():
             name = "-".join(kw.values())
             if args.keep and (out / f"{name}.tflite").is_file():
                 files[label] = out / f"{name}.tflite"
@@ -209,26 +223,64 @@ def main() -> None:
         # its speed drifts, so rows measured one after another would carry the drift. Each round
         # starts at the next file and swaps Runner/bare, so no row always runs in the same slot.
         runners = {label: Runner(f, threads=args.threads) for label, f in files.items()}
+        lms, refused = {}, {}
+        if not args.no_litert_lm:
+            for label, f in files.items():
+                try:
+                    b = bundle(f, tokenizer=folder, out=out / f"{f.stem}.litertlm")
+                except BundleError as e:
+                    refused[label] = e.message
+                    continue
+                lms[label] = LiteRtLm(b.path, threads=args.threads)
+        first = next(iter(lms.values()), None)
+        # the same prompt ids for every row: the ones LiteRT-LM prefills for the prompt text
+        prompt = first.prompt_ids(PROMPT_TEXT) if first else [1 + (7 * i) % 400 for i in range(16)]
         for r in runners.values():
             r.generate(ids=prompt, max_new_tokens=8)  # warm up
+        for lm in lms.values():
+            lm.generate(PROMPT_TEXT, 8)
         samples: dict[str, list[float]] = {}
+        prefill: dict[str, list[float]] = {}
         labels = list(files)
+
+        def runner_row(runner, row):
+            g = runner.generate(ids=prompt, max_new_tokens=STEPS + 1)
+            prefill.setdefault(row, []).append(g.prefill_tok_s)
+            return g.decode_tok_s
+
+        def session_row(lm, row):
+            bench = lm.generate(PROMPT_TEXT, STEPS + 1)["bench"]
+            prefill.setdefault(row, []).append(bench["prefill_tokens"] / bench["ttft_s"])
+            prefill.setdefault(row + " (its own prefill figure)", []).append(bench["prefill_tok_s"])
+            return bench["decode_tok_s"]
+
+        def benchmark_row(lm, row):
+            bench = lm.benchmark(len(prompt), STEPS + 1, prompt=PROMPT_TEXT)
+            prefill.setdefault(row, []).append(bench["prefill_tokens"] / bench["ttft_s"] if bench["ttft_s"] else 0.0)
+            prefill.setdefault(row + " (its own prefill figure)", []).append(bench["prefill_tok_s"])
+            return bench["decode_tok_s"]
         for i in range(args.rounds):
             for label in labels[i % len(labels):] + labels[: i % len(labels)]:
-                runner = runners[label]
-                measures = {f"Runner, {label}": lambda: runner.generate(ids=prompt,
-                                                                        max_new_tokens=STEPS + 1).decode_tok_s,
+                runner, lm = runners[label], lms.get(label)
+                measures = {f"Runner, {label}": lambda: runner_row(runner, f"Runner, {label}"),
                             f"compiled model directly, {label}": lambda: direct_decode_tok_s(runner.model, prompt),
                             f"Interpreter signature runner, {label}": lambda: interpreter_decode_tok_s(
                                 files[label], runner.model, prompt, args.threads)}
+                if lm is not None:
+                    measures[f"LiteRT-LM session, {label}"] = lambda: session_row(lm, f"LiteRT-LM session, {label}")
+                    measures[f"LiteRT-LM Benchmark, {label}"] = lambda: benchmark_row(
+                        lm, f"LiteRT-LM Benchmark, {label}")
                 for row in (list(measures) if i % 2 == 0 else list(measures)[::-1]):
                     samples.setdefault(row, []).append(measures[row]())
         samples = {f"{kind}, {label}": samples[f"{kind}, {label}"]
-                   for label in labels for kind in KINDS}
+                   for label in labels for kind in KINDS if f"{kind}, {label}" in samples}
+        prefill_rows = {k: sorted(v)[len(v) // 2] for k, v in prefill.items()}
+        for lm in lms.values():
+            lm.close()
         rows = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
         spread = {k: (min(v), max(v)) for k, v in samples.items()}
         rows["PyTorch eager (re-authored)"] = torch_decode_tok_s(m, prompt, args.threads)
-        size = files["re-authored, default layout"].stat().st_size
+        size = next(iter(files.values())).stat().st_size
     emb = bp.vocab_size * bp.hidden_size * (1 if args.recipe.endswith("int8") else 4)
     step_bytes = size - (0 if bp.tie_embeddings else emb)
     bw, how = bandwidth_gbs(args.threads)
@@ -246,15 +298,27 @@ def main() -> None:
     for name, v in rows.items():
         lo_hi = f"  [{spread[name][0]:.1f}–{spread[name][1]:.1f}]" if name in spread else ""
         print(f"  {name:<62} {v:8.1f} tok/s  ({v / bound:5.0%} of the bound){lo_hi}")
-    theirs = rows["Runner, export_hf"]
-    bare_theirs = rows["compiled model directly, export_hf"]
+    print(f"  prefill, {len(prompt)}-token prompt (prompt tokens / time to first token; median):")
+    for name, v in prefill_rows.items():
+        print(f"  {name:<62} {v:8.1f} tok/s")
+    for label, why in refused.items():
+        print(f"  LiteRT-LM, {label}: not run, bundle refused it: {why}")
+    for label in lms:
+        ours = rows[f"Runner, {label}"]
+        for kind in ("LiteRT-LM session", "LiteRT-LM Benchmark"):
+            lm_d, lm_p = rows[f"{kind}, {label}"], prefill_rows[f"{kind}, {label}"]
+            print(f"  {label}: Runner / {kind}: decode {ours / lm_d:.3f}x, prefill "
+                  f"{prefill_rows[f'Runner, {label}'] / lm_p:.3f}x" if lm_p else "")
+    theirs = rows.get("Runner, export_hf")
+    bare_theirs = rows.get("compiled model directly, export_hf")
     for label in labels:
         ours, bare = rows[f"Runner, {label}"], rows[f"compiled model directly, {label}"]
         vs = (f"/ export_hf: Runner {ours / theirs:.2f}x, bare {bare / bare_theirs:.2f}x;  "
-              if label != "export_hf" else "")
+              if label != "export_hf" and theirs else "")
         print(f"  {label} {vs}Runner overhead over the bare compiled model: {bare / ours - 1:+.1%}; "
               f"Runner / Interpreter signature runner: {ours / rows[f'Interpreter signature runner, {label}']:.2f}x")
-    print("  targets: >= 90% of the bound (int8, >= 100M params); no slower than export_hf; Runner overhead <= 5%")
+    print("  targets: >= 90% of the bound (int8, >= 100M params); no slower than export_hf; Runner overhead <= 5%; "
+          "Runner within 5% of LiteRT-LM on decode and prefill")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,18 @@ def test_litertlm_bundle_of_llama_reopens_decodes_and_round_trips(tflites, sampl
     assert c["start_token_ids"] == [1] and c["stop_token_ids"] == [2] and c["context_length"] == 64
     assert c["checked_ids"] == c["tokenizer_ids"][:6]
 
+    # LiteRT-LM itself (a child process) loads it, prefills the same ids, and its greedy text is
+    # the Runner's 8 tokens on the model inside, read by LiteRT-LM's own detokenizer
+    lm = c["litert_lm"]
+    assert lm["ran"] and lm["loads"] and lm["error"] is None and lm["notes"] == []
+    assert lm["prompt_ids"] == c["tokenizer_ids"] and len(lm["runner_ids"]) == 8
+    assert lm["same"] and lm["text"] == lm["runner_text"] and lm["first_diff"] is None and lm["text"]
+    assert c["kv_layout"] == "transposed" and c["kv_shape"] == [1, 2, 64, 16]
+
     # reopened from disk it checks the same; the result serializes as documented
     assert check_bundle(res.path) == c
     assert check_bundle(res.path, format="litertlm") == c
+    assert os.listdir(tmp_path) == ["llama.litertlm"]  # LiteRT-LM's weight cache went elsewhere
     data = json.loads(json.dumps(res.to_json()))
     assert set(data) == {"path", "size_bytes", "format", "check"} and data["path"] == str(res.path)
 
@@ -107,6 +116,7 @@ def test_qwen2_has_no_tokenizer_model_so_task_is_refused_but_litertlm_works(tfli
     c = res.check
     assert c["ok"] and c["tokenizer_kind"] == "hf_tokenizer_json" and c["tokenizer_roundtrip"]
     assert c["decode_finite"] and c["model_sha256"] == _sha256(tfl)
+    assert c["litert_lm"]["same"] and c["litert_lm"]["prompt_ids"][0] != 509  # no start token prefilled
     # Qwen declares <|endoftext|> (509) as BOS but never prepends it: a stop token, no start token
     assert c["stop_token_ids"] == [509] and c["start_token_ids"] == []
     assert 509 not in c["checked_ids"]
@@ -260,11 +270,164 @@ def test_cli_bundle_json_and_project(tflites, samples, llama_project, tmp_path, 
     assert set(got) >= {"path", "size_bytes", "format", "check"} and got["format"] == "task"
     assert got["check"]["decode_finite"] and got["check"]["tokenizer_roundtrip"] and out.is_file()
     project = copy_project(llama_project, tmp_path)
+    run = ["run", "--project", str(project), "--engine", "litert-lm", "--prompt", "Once upon a time", "--max-new", "6",
+           "--json"]
+    assert cli.main(run) == cli.EXIT_ERROR  # not bundled yet: the bundle command is the fix
+    err = json.loads(capsys.readouterr().out)
+    assert "no LiteRT-LM bundle" in err["error"] and "edge-workbench bundle --project" in err["hint"]
     assert cli.main(["bundle", "--project", str(project), "--format", "litertlm", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["path"] == str(project / "bundles" / "fp32.litertlm")
+    # the random fp32 sample's greedy bytes are not valid UTF-8: LiteRT-LM's streaming
+    # detokenizer stops on them; the check names the tokens and passes (the bundle runs)
+    lm = got["check"]["litert_lm"]
+    assert got["check"]["ok"] and lm["loads"] and lm["refused_tokens"] and "Stable text shrunk" in lm["error"]
+    assert "not valid UTF-8" in lm["notes"][0] and str(lm["refused_tokens"][0]) in lm["notes"][0]
+    assert lm["text"] == "}\x06" and lm["runner_ids"][:2] == [128, 9]  # the two tokens it did stream
+    # run in LiteRT-LM: the same two tokens, then the detokenizer's stop, as a stop reason
+    assert cli.main(run) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["engine"] == "litert-lm" and got["model"].endswith("fp32.litertlm")
+    assert got["text"] == "}\x06" and got["stop_reason"] == "invalid_utf8"
     record = json.loads((project / "bundles" / "fp32.litertlm.json").read_text())
     assert record["conversion"] == "fp32" and record["inputs"]["mapping"]
     assert cli.main(["bundle", str(tflites("qwen2")), "--tokenizer", str(samples["qwen2"]), "--format", "task",
                      "--json"]) == cli.EXIT_ERROR
     assert "tokenizer.model" in json.loads(capsys.readouterr().out)["error"]
+
+
+def _corrupt_model_section(path: Path) -> None:
+    """Overwrites the first bytes of the bundle's TFLite model (its flatbuffer header)."""
+    from litert_lm_builder import litertlm_core, litertlm_peek
+
+    header = litertlm_peek.read_litertlm_header(str(path), io.StringIO())
+    sections = header.SectionMetadata()
+    begin = next(sections.Objects(i).BeginOffset() for i in range(sections.ObjectsLength())
+                 if litertlm_core.any_section_data_type_to_string(sections.Objects(i).DataType()) == "TFLiteModel")
+    with open(path, "r+b") as f:
+        f.seek(begin)
+        f.write(b"\xff" * 64)
+
+
+def test_a_corrupted_bundle_is_refused_with_litert_lms_own_reason(tflites, samples, tmp_path, monkeypatch):
+    from workbench import bundle as bundle_mod
+
+    res = bundle(tflites("llama"), tokenizer=samples["llama"], out=tmp_path / "good.litertlm")
+    bad = tmp_path / "bad.litertlm"
+    shutil.copy(res.path, bad)
+    _corrupt_model_section(bad)
+    c = check_bundle(bad)
+    assert not c["ok"] and not c["litert_lm"]["loads"]
+    assert any(p.startswith("LiteRT-LM does not load the bundle") and "Invalid flatbuffer" in p
+               for p in c["problems"]), c["problems"]
+
+    # bundle() that builds such a file: refused with LiteRT-LM's reason, nothing renamed into place
+    real = bundle_mod._build_litertlm
+
+    def build_then_corrupt(*args, **kwargs):
+        built = real(*args, **kwargs)
+        _corrupt_model_section(built)
+        return built
+
+    monkeypatch.setattr(bundle_mod, "_build_litertlm", build_then_corrupt)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "llama.litertlm").write_bytes(b"the previous, finished bundle")
+    with pytest.raises(BundleError, match="fails its check") as e:
+        bundle(tflites("llama"), tokenizer=samples["llama"], out=out / "llama.litertlm")
+    assert "LiteRT-LM does not load the bundle" in e.value.message and "Invalid flatbuffer" in e.value.message
+    assert os.listdir(out) == ["llama.litertlm"]
+    assert (out / "llama.litertlm").read_bytes() == b"the previous, finished bundle"
+
+
+def test_run_engine_litert_lm_generates_the_runners_greedy_text(tflites, samples, tmp_path, capsys):
+    """`run --engine litert-lm` on the int8 sample's bundle: LiteRT-LM's greedy text is the
+    Runner's tokens (ai-edge-litert, on the same .tflite) read by LiteRT-LM's detokenizer;
+    the same speed fields; a .tflite is refused with the bundle command."""
+    from workbench import cli
+    from workbench.runner import Runner, RunnerError
+
+    tfl, tok = tflites("llama"), samples["llama"]
+    res = bundle(tfl, tokenizer=tok, out=tmp_path / "llama.litertlm")
+    ref = Runner(tfl, tokenizer=tok).generate("Once upon a time", 12)
+    assert cli.main(["run", str(res.path), "--engine", "litert-lm", "--prompt", "Once upon a time", "--max-new", "12",
+                     "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["engine"] == "litert-lm" and got["prompt_ids"] == ref.prompt_ids
+    assert got["text"] == ref.text and got["stop_reason"] == "max_new_tokens"
+    assert got["ttft_s"] > 0 and got["prefill_tok_s"] > 0 and got["decode_tok_s"] > 0 and got["peak_rss_bytes"] > 0
+    r = Runner(res.path, tokenizer=tok, engine="litert-lm")
+    try:
+        pieces = list(r.stream("Once upon a time", max_new_tokens=12))
+        assert "".join(pieces) == r.last.text == r.lm.detokenize(ref.ids)  # the very tokens, as LiteRT-LM reads them
+        assert r.last.ids[:5] == ref.ids[:5] and r.last.sampling["engine"] == "litert-lm"
+        with pytest.raises(RunnerError, match="takes the prompt as text"):
+            r.generate("Once", 4, chat=True)
+    finally:
+        r.close()
+    assert os.listdir(tmp_path) == ["llama.litertlm"]
+
+    assert cli.main(["run", str(tfl), "--tokenizer", str(tok), "--engine", "litert-lm", "--prompt", "x",
+                     "--json"]) == cli.EXIT_ERROR
+    err = json.loads(capsys.readouterr().out)
+    assert "not one" in err["error"] and err["hint"].startswith("edge-workbench bundle")
+
+
+def test_run_panel_switches_engine_and_shows_both_side_by_side(tflites, samples, tmp_path):
+    from widgets.run import RunPanel
+    from workbench.runner import Runner
+
+    tfl, tok = tflites("llama"), samples["llama"]
+    res = bundle(tfl, tokenizer=tok, out=tmp_path / "llama.litertlm")
+    panel = RunPanel(Runner(tfl, tokenizer=tok), hf_dir=tok, bundle=res.path)
+    assert panel.engine.options == ("ai-edge-litert", "litert-lm")
+    panel.max_new.value = 8
+    panel.generate()
+    first = panel.wait(60)
+    panel.engine.value = "litert-lm"
+    assert panel.runner.engine == "litert-lm" and "LiteRT-LM" in panel.header.value
+    assert panel.chat.disabled
+    panel.generate()
+    second = panel.wait(60)
+    assert panel.state == "done" and second.text == first.text and panel.text == second.text
+    assert "decode" in panel.speed.value and "max_new_tokens" in panel.speed.value
+    side = panel.compare()
+    assert set(side["ids"]) == {"litert-lm", "ai-edge-litert", "transformers"}
+    assert side["ids"]["ai-edge-litert"] == first.ids and side["text"]["litert-lm"] == first.text
+    assert "litert-lm" in panel.side_html.value and "ai-edge-litert" in panel.side_html.value
+    panel.runner.close()
+    # a runner without a bundle offers its own engine only
+    assert RunPanel(Runner(tfl, tokenizer=tok)).engine.options == ("ai-edge-litert",)
+
+
+def test_sweep_rows_can_be_timed_in_litert_lm(tflites, samples, tmp_path):
+    """sweep(..., engine="litert-lm"): a row's file is bundled beside it (checked in LiteRT-LM)
+    and timed in a LiteRT-LM session; an unknown engine is refused before anything runs."""
+    from workbench.sweep import SweepError, _litert_lm_speed, prepare
+
+    tfl = tmp_path / "row.tflite"
+    shutil.copy(tflites("llama"), tfl)
+    got = _litert_lm_speed(tfl, {"checkpoint": str(samples["llama"]), "threads": 2, "decode_steps": 16, "kv": 64})
+    assert got["engine"] == "litert-lm" and got["bundle"] == "row.litertlm" and (tmp_path / "row.litertlm").is_file()
+    assert got["decode_tok_s"] > 0 and got["prefill_tok_s"] > 0
+    with pytest.raises(SweepError, match="unknown engine 'tflite'"):
+        prepare(samples["llama"], ["none"], out=tmp_path / "sweep", engine="tflite")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_crash_in_litert_lm_is_an_error_not_a_dead_kernel(tflites, samples, tmp_path):
+    """LiteRT-LM runs in a child process: if the native runtime dies (here: killed with SIGSEGV,
+    as a crash would), the caller gets a LiteRtLmError naming the signal, and stays alive."""
+    import signal
+
+    from workbench.litert_lm import LiteRtLm, LiteRtLmError
+
+    res = bundle(tflites("llama"), tokenizer=samples["llama"], out=tmp_path / "llama.litertlm")
+    lm = LiteRtLm(res.path)
+    assert lm.bos == 1 and lm.eos == [2] and lm.generate("Once upon a time", 4)["bench"]["decode_tokens"] == 4
+    os.kill(lm.proc.pid, signal.SIGSEGV)
+    with pytest.raises(LiteRtLmError, match="was killed by SIGSEGV while") as e:
+        lm.generate("Once upon a time", 4)
+    assert "llama.litertlm" in e.value.message and e.value.hint
+    lm.close()
+    assert not lm._tmp.exists()  # its temporary folder (log, weight cache) is gone

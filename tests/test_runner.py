@@ -4,6 +4,7 @@ signature styles, chunked prompts, sampling, stops, bad inputs, the Run panel an
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -287,3 +288,37 @@ def test_cli_run_json_and_project(converted, llama_project, capsys):
     assert cli.main(["run", str(converted["reauthored"]), "--tokenizer", str(converted["hf"]), "--prompt", "Once",
                      "--max-new", "100", "--json"]) == cli.EXIT_ERROR
     assert "KV cache" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_a_default_layout_file_is_refused_for_litert_lm_before_anything_is_written(converted, tmp_path, monkeypatch):
+    """LiteRT-LM reads K as [1, heads, kv, dim]: on litert-torch's default layout [1, kv, heads,
+    dim] it takes the KV-head count (2) for the context and fails at prefill. bundle() refuses
+    such a file up front; a bundle of one made anyway fails its check with LiteRT-LM's reason."""
+    from workbench import bundle as bundle_mod
+    from workbench.bundle import BundleError, bundle
+
+    if converted["other_layout"] != "default":
+        pytest.skip("the default KV layout is litert-torch's own here")
+    tfl, hf = converted["reauthored_other_layout"], converted["hf"]
+    with pytest.raises(BundleError, match="litert-torch's default layout") as e:
+        bundle(tfl, tokenizer=hf, out=tmp_path / "default.litertlm")
+    assert "[1, 64, 2, 16]" in e.value.message and "2 KV heads" in e.value.message
+    assert "kv_layout='transposed'" in e.value.hint and "--kv-layout transposed" in e.value.cli_hint
+    assert os.listdir(tmp_path) == []
+    assert bundle(tfl, tokenizer=hf, format="task", out=tmp_path / "default.task").check["ok"]  # MediaPipe: not run
+
+    real = bundle_mod._model_facts
+    monkeypatch.setattr(bundle_mod, "_model_facts", lambda p: {**real(p), "kv_layout": "transposed"})
+    with pytest.raises(BundleError, match="fails its check") as e:
+        bundle(tfl, tokenizer=hf, out=tmp_path / "default.litertlm")
+    assert "litert-torch's default layout" in e.value.message
+    assert "Input token ids are too long" in e.value.message  # LiteRT-LM's own words, from its log
+    assert os.listdir(tmp_path) == ["default.task"]
+
+
+def test_engine_choice_is_checked(converted):
+    with pytest.raises(RunnerError, match="unknown engine 'tflite'"):
+        Runner(converted["reauthored"], engine="tflite")
+    with pytest.raises(RunnerError, match="runs a .litertlm bundle") as e:
+        Runner(converted["reauthored"], engine="litert-lm")
+    assert "bundle" in e.value.hint and e.value.cli_hint.startswith("edge-workbench bundle")

@@ -67,3 +67,28 @@ def test_panel_runs_a_sweep_and_refuses_bad_settings(samples, tmp_path):
     assert panel.table.value.count("class='ewb-row'") == 1 and "dynamic_int8" in panel.table.value
     assert len(panel.figure.data[0].x) == 1 and panel.choice.options == ("dynamic_int8",)
     assert "1 of 1 recipes converted" in panel.stage_html.value and panel.run_button.disabled is False
+
+
+def test_panel_times_rows_in_litert_lm_when_asked(samples, tmp_path, monkeypatch):
+    """The "timed in" choice reaches the sweep's settings as engine= (the rows' timing itself
+    is tested on the core: tests/test_bundle.py)."""
+    from workbench import WorkbenchError
+    from workbench.blueprint import Blueprint
+    from workbench.mapping import Mapping
+    from workbench_widgets import SweepPanel
+    from workbench_widgets import sweep as sweep_widget
+
+    seen = {}
+
+    def refuse(*args, **kwargs):
+        seen.update(kwargs)
+        raise WorkbenchError("stop here", hint="(test)")
+
+    monkeypatch.setattr(sweep_widget, "prepare", refuse)
+    m = Mapping.propose(Blueprint.from_hf(samples["llama"]), samples["llama"])
+    panel = SweepPanel(m, out=tmp_path / "sw")
+    panel.run_button.click()
+    assert "engine" not in seen and "stop here" in panel.message.value  # the default: ai-edge-litert
+    panel.engine.value = "litert-lm"
+    panel.run_button.click()
+    assert seen["engine"] == "litert-lm"

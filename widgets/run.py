@@ -2,8 +2,13 @@
 figures, and the same prompt through transformers (and the re-authored model) beside it.
 
     panel = RunPanel(Runner("out/model.tflite", tokenizer="sample_models/llama-tiny"),
-                     hf_dir="sample_models/llama-tiny")
+                     hf_dir="sample_models/llama-tiny", bundle="out/model.litertlm")
     panel.generate(); panel.wait()
+    panel.engine.value = "litert-lm"; panel.generate(); panel.wait()   # the bundle in LiteRT-LM
+
+The engine choice needs a .litertlm bundle (the runner's own model, or `bundle`): LiteRT-LM,
+the on-device runtime, runs the bundle in a child process; Side by side then shows both
+engines' tokens beside transformers'.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import ipywidgets as W
 import traitlets
 
 from workbench import WorkbenchError
-from workbench.runner import SAMPLING, Generation, Runner
+from workbench.runner import ENGINES, SAMPLING, Generation, Runner
 
 
 class RunPanel(W.VBox):
@@ -25,9 +30,11 @@ class RunPanel(W.VBox):
     state = traitlets.Unicode("idle", help="idle | running | done | failed")
     text = traitlets.Unicode("", help="the continuation generated so far")
 
-    def __init__(self, runner: Runner, hf_dir=None, model=None, **kwargs: Any) -> None:
+    def __init__(self, runner: Runner, hf_dir=None, model=None, bundle=None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runner, self.hf_dir, self.model = runner, hf_dir, model
+        self.bundle = bundle or runner.bundle
+        self.runners = {runner.engine: runner}  # one runner per engine, made on first choice
         self.generation: Optional[Generation] = None
         self.error: Optional[WorkbenchError] = None
         self.side: Optional[dict] = None
@@ -48,6 +55,13 @@ class RunPanel(W.VBox):
         self.chat = W.Checkbox(value=False, description="chat template", indent=False,
                                disabled=not getattr(runner.tokenizer, "chat_template", None))
         self.sampling.observe(lambda _: self._sync(), names="value")
+        self.engine = W.Dropdown(options=ENGINES if self.bundle is not None else (runner.engine,),
+                                 value=runner.engine, description="engine", style=small,
+                                 layout=W.Layout(width="240px"),
+                                 tooltip=("ai-edge-litert here, or LiteRT-LM (the on-device runtime) on the bundle"
+                                          if self.bundle is not None else "bundle the model (.litertlm) to run it "
+                                          "in LiteRT-LM"))
+        self.engine.observe(lambda change: self.use_engine(change["new"]), names="value")
         self.generate_button = W.Button(description="Generate", icon="play", button_style="primary")
         self.generate_button.on_click(lambda _: self.generate())
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
@@ -58,19 +72,48 @@ class RunPanel(W.VBox):
         self.output = W.HTML(layout=W.Layout(width="620px"))
         self.speed = W.HTML()
         self.side_html = W.HTML()
+        self.header = W.HTML()
         self._thread: Optional[threading.Thread] = None
+        self._header()
         self.children = [
-            W.HTML(f"<h3 style='margin:4px 0'>Run {html.escape(runner.path.name)}</h3>"
-                   f"<span style='color:#777'>{runner.model.style} signatures, prefill {runner.model.prefills}, "
-                   f"kv {runner.model.kv_len}, {runner.threads} threads</span>"),
+            self.header,
             self.prompt,
             W.HBox([self.sampling, self.temperature, self.top_k, self.top_p]),
-            W.HBox([self.seed, self.max_new, self.chat]),
+            W.HBox([self.seed, self.max_new, self.chat, self.engine]),
             W.HBox([self.generate_button, self.stop_button, self.side_button]),
             self.output, self.speed, self.side_html,
         ]
         self.add_class("ewb-run")
         self._sync()
+
+    def _header(self) -> None:
+        r = self.runner
+        where = ("LiteRT-LM, the on-device runtime (a child process)" if r.engine == "litert-lm"
+                 else "ai-edge-litert's CompiledModel")
+        self.header.value = (f"<h3 style='margin:4px 0'>Run {html.escape(r.path.name)}</h3>"
+                             f"<span style='color:#777'>{r.model.style} signatures, prefill {r.model.prefills}, "
+                             f"kv {r.model.kv_len}, {r.threads} threads, on {where}</span>")
+
+    def use_engine(self, engine: str) -> Optional[Runner]:
+        """Switches Generate and Side by side to `engine` (a runner for it is made on first use)."""
+        if self._thread is not None and self._thread.is_alive():
+            self.engine.value = self.runner.engine  # one generation at a time
+            return None
+        try:
+            if engine not in self.runners:
+                self.runners[engine] = self.runner.with_engine(engine, bundle=self.bundle)
+        except WorkbenchError as e:
+            self.error, self.state = e, "failed"
+            self.output.value = (f"<div class='ewb-error' style='color:#c62828;white-space:pre-wrap'>"
+                                 f"{html.escape(str(e))}</div>")
+            self.engine.value = self.runner.engine
+            return None
+        self.runner = self.runners[engine]
+        self.chat.disabled = engine == "litert-lm" or not getattr(self.runner.tokenizer, "chat_template", None)
+        if self.chat.disabled:
+            self.chat.value = False
+        self._header()
+        return self.runner
 
     def _sync(self) -> None:
         s = self.sampling.value
@@ -133,7 +176,9 @@ class RunPanel(W.VBox):
             first = self.side["first_diff"].get(name)
             verdict = ("reference" if name == "transformers" else
                        "same tokens" if first is None else f"differs from token #{first}")
-            rows.append(f"<tr><td><b>{name}</b></td><td>{self._marked(ids, ref, first)}</td>"
+            shown = (self._marked_text(self.side["text"][name], ref, first) if name == "litert-lm"
+                     else self._marked(ids, ref, first))
+            rows.append(f"<tr><td><b>{name}</b></td><td>{shown}</td>"
                         f"<td style='white-space:nowrap;padding-left:12px;color:#555'>{verdict}</td></tr>")
         self.side_html.value = ("<table class='ewb-side-by-side'><tr><th>model</th><th>greedy continuation</th>"
                                 "<th></th></tr>" + "".join(rows) + "</table>")
@@ -150,6 +195,16 @@ class RunPanel(W.VBox):
                             f"time to first token <b>{g.ttft_s * 1000:.1f} ms</b>, prefill "
                             f"<b>{g.prefill_tok_s:,.0f}</b> tok/s, decode <b>{g.decode_tok_s:,.1f}</b> tok/s, "
                             f"peak memory {g.peak_rss_bytes / 1e9:.2f} GB</div>")
+
+    def _marked_text(self, text: str, ref: list[int], first: Optional[int]) -> str:
+        """LiteRT-LM's text (it returns text, not ids), marked from where the reference's tokens
+        stop being a prefix of it."""
+        if first is None:
+            return html.escape(text)
+        head = self.runner.decode_text(ref[:first])
+        head = head if text.startswith(head) else ""
+        return (f"{html.escape(head)}<span style='background:#ffcdd2'>{html.escape(text[len(head):len(head) + 1]) or '·'}"
+                f"</span>{html.escape(text[len(head) + 1:])}")
 
     def _marked(self, ids: list[int], ref: list[int], first: Optional[int]) -> str:
         """The text, the first differing token on a red background."""

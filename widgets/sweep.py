@@ -56,6 +56,11 @@ class SweepPanel(W.VBox):
         self.prefill = W.Text(value="8", description="prefill", style=small, layout=W.Layout(width="180px"))
         self.kv = W.IntText(value=min(256, bp.max_seq_len), description="kv", style=small,
                             layout=W.Layout(width="180px"))
+        self.engine = W.Dropdown(options=[("ai-edge-litert", "ai-edge-litert"), ("LiteRT-LM (bundled)", "litert-lm")],
+                                 value="ai-edge-litert", description="timed in", style=small,
+                                 layout=W.Layout(width="260px"),
+                                 tooltip="LiteRT-LM: each row's file is bundled (.litertlm) and timed in the "
+                                         "on-device runtime")
         self.out = W.Text(value=str(out), description="folder", style=small, layout=W.Layout(width="400px"))
         self.where = W.ToggleButtons(options=[("this machine", "local"), ("Dask cluster", "dask")], value="local",
                                      description="run on", style={"description_width": "80px",
@@ -92,7 +97,7 @@ class SweepPanel(W.VBox):
             W.HTML("<b>recipes</b>"),
             W.GridBox(checks, layout=W.Layout(grid_template_columns="repeat(3, 200px)")),
             W.HBox([W.HTML("<b>paths</b>", layout=W.Layout(width="80px")), self.reauthored, self.export_hf]),
-            W.HBox([self.prefill, self.kv]),
+            W.HBox([self.prefill, self.kv, self.engine]),
             self.out,
             W.HBox([self.where, self.parallel]),
             self.address,
@@ -117,6 +122,7 @@ class SweepPanel(W.VBox):
             panel.sweep = wb.sweep_table(name)
             st = panel.sweep.settings
             panel.kv.value, panel.prefill.value = st["kv"], ",".join(map(str, st["prefill"]))
+            panel.engine.value = st.get("engine", "ai-edge-litert")
             for k, box in panel.recipes.items():
                 box.value = k in {it.label.split("@")[0] for it in panel.sweep.items}
             panel.export_hf.value = any(it.path == "export_hf" for it in panel.sweep.items)
@@ -152,6 +158,8 @@ class SweepPanel(W.VBox):
                 return None
             executor = self.address.value.strip()
         kw = dict(paths=self.paths(), prefill=prefill, kv=self.kv.value)
+        if self.engine.value != "ai-edge-litert":  # the default leaves a saved sweep's settings as they were
+            kw["engine"] = self.engine.value
         try:
             if self.project is not None:
                 s = self.project.prepare_sweep(self.name, self.selected(), fresh=self.fresh, **kw)

@@ -2,7 +2,8 @@
 
     res = bundle("out/model.tflite", tokenizer="sample_models/llama-tiny", format="litertlm",
                  out="out/model.litertlm")
-    res.check           # the bundle reopened: its model decodes, its tokenizer round-trips
+    res.check           # the bundle reopened: its model decodes, its tokenizer round-trips,
+                        # and (litertlm) LiteRT-LM runs it to the Runner's greedy text
     check_bundle("out/model.litertlm")   # the same check on any bundle
 
 Two formats, each written by its own library:
@@ -16,6 +17,12 @@ Two formats, each written by its own library:
 Start and stop tokens come from the tokenizer folder: generation_config.json's
 `bos_token_id` / `eos_token_id` (an int or a list), then config.json's, then
 tokenizer_config.json's `bos_token` / `eos_token`.
+
+A `.litertlm` is also run in LiteRT-LM, the on-device runtime (`workbench.litert_lm`, a child
+process): it must load, prefill `CHECK_TEXT` and decode greedily to the text the Runner's
+tokens give on the model inside; a failure is a problem carrying LiteRT-LM's own reason. A
+model whose KV cache is in litert-torch's default layout is refused before anything is built
+(LiteRT-LM reads that cache's head axis as the context length).
 
 The output is atomic: the bundle is built and checked in a hidden `.NAME.partial-XXXXXXXX`
 folder beside `out` and renamed onto `out` only when its check passes; on any failure the
@@ -74,8 +81,10 @@ class BundleResult:
 
     def __repr__(self) -> str:
         c = self.check
+        lm = c.get("litert_lm")
+        ran = f", LiteRT-LM same greedy text {lm.get('same')}" if lm else ""
         return (f"BundleResult({self.format}: {self.path}, {self.size_bytes:,} bytes, decode finite "
-                f"{c.get('decode_finite')}, tokenizer round-trip {c.get('tokenizer_roundtrip')})")
+                f"{c.get('decode_finite')}, tokenizer round-trip {c.get('tokenizer_roundtrip')}{ran})")
 
     def _repr_html_(self) -> str:
         import html
@@ -85,9 +94,20 @@ class BundleResult:
         rows = [("path", self.path), ("format", self.format), ("size", f"{self.size_bytes:,} bytes"),
                 ("entries", ", ".join(c.get("entries", []))), ("model", model),
                 ("tokenizer", f"{c.get('tokenizer_kind')}, round-trip {c.get('tokenizer_roundtrip')}"),
+                ("LiteRT-LM", _lm_summary(c.get("litert_lm"))),
                 ("problems", "; ".join(c.get("problems", [])) or "none")]
         body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         return f"<table>{body}</table>"
+
+
+def _lm_summary(lm: Optional[dict]) -> str:
+    if not lm:
+        return "not run (a .task bundle: MediaPipe's runtime is not installable here)"
+    if not lm.get("loads"):
+        return f"does not load: {lm.get('error')}"
+    if lm.get("same"):
+        return f"greedy text equals the Runner's ({len(lm.get('runner_ids') or [])} tokens)"
+    return "; ".join([lm.get("error") or "", *lm.get("notes", [])]).strip("; ") or "differs from the Runner"
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,7 +202,21 @@ def _model_facts(tflite: Path) -> dict:
         raise BundleError(f"{tflite.name} is not a TFLite model ai-edge-litert can load: {e}",
                           hint="pass the .tflite that edge-workbench convert wrote") from None
     vocab = sm.vocab
-    return {"kv": sm.kv_len, "vocab": vocab, "sha256": _sha256_file(tflite)}
+    facts = {"kv": sm.kv_len, "vocab": vocab, "kv_layout": sm.kv_layout,
+             "kv_shape": sm.input_details("decode")[sm.kv_names[0]]["shape"], "sha256": _sha256_file(tflite)}
+    sm.close()
+    return facts
+
+
+LAYOUT_HINT = "convert it again with kv_layout='transposed' (the default), then bundle that .tflite"
+LAYOUT_CLI_HINT = "edge-workbench convert ... --kv-layout transposed (the default), then bundle the .tflite it writes"
+
+
+def _layout_reason(shape: list[int]) -> str:
+    """Why a cache in litert-torch's default layout does not run in LiteRT-LM."""
+    return (f"its KV cache is in litert-torch's default layout [1, kv, heads, dim] ({shape}), and LiteRT-LM "
+            f"reads K as [1, heads, kv, dim] and V as [1, heads, dim, kv]: it would take the {shape[2]} KV heads for "
+            f"the context length and refuse any prompt of {shape[2]} tokens or more")
 
 
 def _tokenizer_files(folder: Path, format: str) -> dict:
@@ -418,7 +452,10 @@ def check_bundle(path: Union[str, Path], format: Optional[str] = None) -> dict:
             info = _open_litertlm(path, model_file)
         else:
             info = _open_task(path, model_file)
-        return _run_checks(found, info, model_file)
+        res = _run_checks(found, info, model_file)
+        if found == "litertlm":
+            _litert_lm_check(path, model_file, res)
+        return res
 
 
 def _open_litertlm(path: Path, model_file: Path) -> dict:
@@ -572,6 +609,8 @@ def _decode_check(model_file: Path, res: dict, tok) -> list[str]:
     res["model_loads"] = True
     res["signatures"] = list(sm.signatures)
     res["kv_cache"] = sm.kv_len
+    res["kv_layout"] = sm.kv_layout
+    res["kv_shape"] = sm.input_details("decode")[sm.kv_names[0]]["shape"]
     start = res.get("start_token_ids") or []
     ids = list(res.get("tokenizer_ids") or [])
     if ids[:1] != start[:1]:
@@ -600,6 +639,93 @@ def _decode_check(model_file: Path, res: dict, tok) -> list[str]:
     if tok is not None and tok.vocab > vocab:
         problems.append(f"the tokenizer's vocabulary ({tok.vocab}) is larger than the model's ({vocab})")
     return problems
+
+
+def _litert_lm_check(path: Path, model_file: Path, res: dict) -> None:
+    """The bundle in LiteRT-LM itself (a child process, `workbench.litert_lm`): it loads,
+    prefills `CHECK_TEXT` and decodes `LM_CHECK_TOKENS` greedily; the Runner decodes the same
+    prompt ids on the model inside, and its tokens, through LiteRT-LM's detokenizer, must give
+    LiteRT-LM's text. Adds `res["litert_lm"]` and any problems (with LiteRT-LM's own reason)."""
+    from workbench.litert_lm import UTF8_STOP, LiteRtLm, LiteRtLmError, available
+
+    lm_res: dict[str, Any] = {"ran": False, "loads": False, "prompt_ids": None, "text": None, "runner_ids": None,
+                              "runner_text": None, "same": False, "first_diff": None, "error": None,
+                              "refused_tokens": [], "notes": []}
+    res["litert_lm"] = lm_res
+    problems = res["problems"]
+    if res.get("kv_layout") not in (None, "transposed"):
+        problems.append(f"LiteRT-LM cannot run the bundled model: {_layout_reason(res['kv_shape'])}")
+    if not available():
+        lm_res["notes"].append("litert-lm-api is not installed: the bundle was not run in LiteRT-LM")
+        return
+    try:
+        lm = LiteRtLm(path, threads=2)
+    except LiteRtLmError as e:
+        lm_res["error"] = e.message
+        problems.append(f"LiteRT-LM does not load the bundle: {e.message}")
+        res["ok"] = False
+        return
+    with lm:
+        lm_res["ran"] = lm_res["loads"] = True
+        try:
+            ids = lm.prompt_ids(CHECK_TEXT)
+            lm_res["prompt_ids"] = ids
+            n = min(LM_CHECK_TOKENS, (res.get("context_length") or res.get("kv_cache") or 0) - len(ids),
+                    (res.get("kv_cache") or 0) - len(ids))
+            if n < 1:
+                lm_res["notes"].append(f"the context ({res.get('context_length')}) has no room to decode after the "
+                                       f"{len(ids)}-token prompt")
+                res["ok"] = not problems
+                return
+            out = lm.generate(CHECK_TEXT, n)
+            lm_res["text"], lm_res["error"] = out["text"], out["error"]
+            runner_ids = _runner_greedy(model_file, ids, n, set(res.get("stop_token_ids") or []))
+            lm_res["runner_ids"] = runner_ids
+            lm_res["runner_text"] = lm.detokenize(runner_ids) if runner_ids else ""
+            prefixes = lm.detokenize(runner_ids, prefixes=True) if runner_ids else []
+        except LiteRtLmError as e:
+            lm_res["error"] = e.message
+            problems.append(f"LiteRT-LM fails on the bundle: {e.message}")
+            res["ok"] = False
+            return
+        text, runner_text = lm_res["text"], lm_res["runner_text"]
+        lm_res["same"] = text == runner_text and not out["error"]
+        agree = next((k for k, p in enumerate(prefixes) if not text.startswith(p.rstrip("\ufffd"))), None)
+        if out["error"] and UTF8_STOP in out["error"]:
+            # its streaming detokenizer stops where the text of the tokens so far is not a prefix of
+            # the text before (invalid UTF-8 bytes that a later byte turns into other characters)
+            shrunk = [k for k in range(1, len(prefixes)) if not prefixes[k].startswith(prefixes[k - 1])]
+            lm_res["refused_tokens"] = [runner_ids[k] for k in shrunk]
+            streamed = next((k + 1 for k, p in enumerate(prefixes) if p == text), 0 if not text else None)
+            where = (f"token #{shrunk[0]} (id {runner_ids[shrunk[0]]}) turns {prefixes[shrunk[0] - 1]!r} into "
+                     f"{prefixes[shrunk[0]]!r}" if shrunk else "the text")
+            lm_res["notes"].append(
+                f"LiteRT-LM stopped after {streamed if streamed is not None else '?'} of the Runner's tokens: its "
+                f"streaming detokenizer refused tokens {lm_res['refused_tokens']} ({out['error']}): {where}, "
+                "bytes that are not valid UTF-8 text on their own. That is the model's text, not the bundle")
+            if streamed is None:
+                problems.append(f"LiteRT-LM's greedy text {text!r} is not the text of any prefix of the Runner's "
+                                f"tokens {runner_ids}")
+        elif out["error"]:
+            problems.append(f"LiteRT-LM fails to generate with the bundle: {out['error']}")
+        elif not lm_res["same"]:
+            k = agree if agree is not None else len(runner_ids)
+            lm_res["first_diff"] = k
+            problems.append(f"LiteRT-LM's greedy text {text!r} differs from the Runner's {runner_text!r} from token "
+                            f"#{k} on (the Runner's ids {runner_ids})")
+    res["ok"] = not problems
+
+
+def _runner_greedy(model_file: Path, ids: list[int], n: int, stops: set[int]) -> list[int]:
+    """The Runner's greedy continuation of `ids` on the bundled model (ai-edge-litert)."""
+    from workbench.runner import Runner
+
+    r = Runner(model_file, threads=2)
+    try:
+        r.eos = stops
+        return list(r.generate(ids=ids, max_new_tokens=n).ids)
+    finally:
+        r.model.close()
 
 
 class _Tokenizer:

@@ -379,6 +379,8 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
         print(f"[{done}/{total}] {stage}: {detail}", file=sys.stderr, flush=True)
 
     kw = dict(paths=paths, prefill=_prefill(args.prefill), kv=args.kv, threads=args.threads, fresh=args.fresh)
+    if args.engine != "ai-edge-litert":
+        kw["engine"] = args.engine
     run = dict(executor=args.dask, parallel=args.parallel, progress=progress, retry_failed=args.retry_failed,
                dask_timeout=args.dask_timeout)
     if args.project:
@@ -411,13 +413,24 @@ def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
 
     if args.project:
         wb = _project(args, write=False, positional="model", hint=_PICK_CONVERSION)
-        model = wb.conversion_path(args.conversion or wb.latest_conversion())
+        name = args.conversion or wb.latest_conversion()
+        model = wb.conversion_path(name)
         tokenizer = args.tokenizer or wb.checkpoint_path()
+        if args.engine == "litert-lm":  # LiteRT-LM runs the conversion's bundle
+            model = wb.root / "bundles" / f"{name}.litertlm"
+            if not model.is_file():
+                raise WorkbenchError(f"the conversion {name!r} has no LiteRT-LM bundle yet",
+                                     hint=f"edge-workbench bundle --project {args.project} --conversion {name} "
+                                          "--format litertlm, then run again")
     else:
         if not args.model:
             raise WorkbenchError("no model given", hint="give a .tflite (MODEL) or --project DIR")
-        model, tokenizer = args.model, args.tokenizer
-    r = Runner(model, tokenizer=tokenizer, threads=args.threads)
+        model, tokenizer = args.model, args.tokenizer or _recorded_checkpoint(Path(args.model))
+        if tokenizer is None and args.engine != "litert-lm":  # a bundle carries its tokenizer
+            raise WorkbenchError(f"run needs the tokenizer of {Path(args.model).name}, and its manifest names no "
+                                 "checkpoint that still holds one",
+                                 hint="give --tokenizer HF_DIR (the checkpoint the model was converted from)")
+    r = Runner(model, tokenizer=tokenizer, threads=args.threads, engine=args.engine)
     kw = dict(max_new_tokens=args.max_new, sampling=args.sampling, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, seed=args.seed, chat=args.chat)
     if args.json:
@@ -426,7 +439,9 @@ def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
         print(args.prompt, end="", flush=True)
         g = r.generate(args.prompt, on_text=lambda piece: print(piece, end="", flush=True), **kw)
         print(flush=True)
-    out = {**g.to_json(), "model": str(model)}
+    out = {**g.to_json(), "model": str(model), "engine": args.engine}
+    if r.lm is not None:
+        r.close()
     text = (f"[{len(g.ids)} tokens, {g.stop_reason}; time to first token {g.ttft_s * 1000:.1f} ms, "
             f"prefill {g.prefill_tok_s:,.0f} tok/s, decode {g.decode_tok_s:,.1f} tok/s, "
             f"peak {g.peak_rss_bytes / 1e9:.2f} GB]")
@@ -605,14 +620,15 @@ def parser() -> argparse.ArgumentParser:
                                                 "(with --project: a conversion's name)")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     v = sub.add_parser("convert", help="convert to a LiteRT .tflite (prefill/decode signatures), checked")
-    v.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder")
+    v.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder or Hub id (org/name[@rev])")
     v.add_argument("--project", default=None,
                    help="a project folder instead of HF_DIR; written to its conversions/ and recorded")
     v.add_argument("--recipe", default="dynamic_int8",
                    help="a litert-torch scheme name (none, dynamic_int8, weight_only_int8, fp16, "
                         "dynamic_int4_block32, dynamic_int4_block128) or a per-layer recipe .json")
     v.add_argument("--prefill", default="8", help="prefill lengths, comma-separated (default 8)")
-    v.add_argument("--kv", type=int, default=1024, help="KV cache length (default 1024)")
+    v.add_argument("--kv", type=int, default=None, help="KV cache length (default 1024, or the model's "
+                                                         "max_seq_len when smaller)")
     v.add_argument("--out", default="out", help="output folder (default out/)")
     v.add_argument("--name", default=None, help="file name without .tflite (default: model_recipe_kvN)")
     v.add_argument("--mapping", default=None, help="a saved mapping (JSON); default: the proposed one")
@@ -639,10 +655,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--threads", type=int, default=2, help="XNNPACK threads (default 2)")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    r.add_argument("--engine", choices=("ai-edge-litert", "litert-lm"), default="ai-edge-litert",
+                   help="ai-edge-litert (default; a .tflite) or litert-lm (LiteRT-LM, the on-device runtime; "
+                        "a .litertlm bundle)")
     r.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bu = sub.add_parser("bundle", help="pack a converted model with its tokenizer for LiteRT-LM or MediaPipe")
     bu.add_argument("model", nargs="?", help="a converted .tflite")
-    bu.add_argument("--tokenizer", default=None, help="the Hugging Face folder holding the tokenizer")
+    bu.add_argument("--tokenizer", default=None, help="the Hugging Face folder (or Hub id) holding the tokenizer")
     bu.add_argument("--format", choices=("litertlm", "task"), default="litertlm",
                     help="litertlm (LiteRT-LM) or task (MediaPipe LLM Inference; needs tokenizer.model)")
     bu.add_argument("--out", default=None, help="the bundle file (default: beside the model)")
@@ -650,16 +669,17 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--conversion", default=None, help="with --project: the conversion's name")
     bu.add_argument("--json", action="store_true", help="one JSON object on stdout")
     pa = sub.add_parser("paths", help="convert both ways (re-authored, export_hf) and compare them side by side")
-    pa.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (with its tokenizer)")
+    pa.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder or Hub id (with its tokenizer)")
     pa.add_argument("--project", default=None, help="a project folder instead of HF_DIR; the table is recorded")
     pa.add_argument("--recipe", default="dynamic_int8", help="a litert-torch scheme name (default dynamic_int8)")
     pa.add_argument("--prefill", default="8", help="prefill lengths, comma-separated (default 8)")
-    pa.add_argument("--kv", type=int, default=1024, help="KV cache length (default 1024)")
+    pa.add_argument("--kv", type=int, default=None, help="KV cache length (default 1024, or the model's "
+                                                          "max_seq_len when smaller)")
     pa.add_argument("--threads", type=int, default=2, help="threads for the speed figures (default 2)")
     pa.add_argument("--out", default="out", help="output folder (default out/)")
     pa.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sw = sub.add_parser("sweep", help="convert, check and time several recipes: one table, the Pareto front")
-    sw.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder (with its tokenizer)")
+    sw.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder or Hub id (with its tokenizer)")
     sw.add_argument("--project", default=None, help="a project folder instead of HF_DIR; rows are recorded there")
     sw.add_argument("--recipes", default="none,dynamic_int8,fp16,int8_ff_int4",
                     help="comma-separated scheme names, presets (int8_ff_int4, int8_edges_fp16, int4_attn_int8) "
@@ -671,6 +691,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--prefill", default="8", help="prefill lengths, comma-separated (default 8)")
     sw.add_argument("--kv", type=int, default=256, help="KV cache length (default 256)")
     sw.add_argument("--threads", type=int, default=2, help="threads for each run's speed (default 2)")
+    sw.add_argument("--engine", choices=("ai-edge-litert", "litert-lm"), default="ai-edge-litert",
+                    help="time each row in ai-edge-litert (default) or in LiteRT-LM on a bundle of its file")
     sw.add_argument("--parallel", type=int, default=None, help="recipes at once (default: as cores and memory "
                                                                "allow; on Dask, all)")
     sw.add_argument("--dask", default=None, help="a Dask scheduler address (tcp://host:8786) to spread recipes")
@@ -681,7 +703,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ex = sub.add_parser("explore", help="the original, re-authored and converted graphs in Model Explorer "
                                         "(127.0.0.1, behind a secret)")
-    ex.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder")
+    ex.add_argument("hf_dir", nargs="?", help="a Hugging Face model folder or Hub id (org/name[@rev])")
     ex.add_argument("--project", default=None, help="a project folder instead of HF_DIR (its newest fresh "
                                                     "conversion is shown too)")
     ex.add_argument("--tflite", default=None, help="a converted .tflite to show (default with --project: the "
@@ -696,12 +718,13 @@ def parser() -> argparse.ArgumentParser:
                                                         "then serve")
     n = sub.add_parser("new", help="create a project folder from a Hugging Face model folder")
     n.add_argument("dir", help="the project folder (new or empty)")
-    n.add_argument("--from", dest="from_hf", required=True, help="the Hugging Face model folder")
+    n.add_argument("--from", dest="from_hf", required=True, help="the Hugging Face model folder, or a Hub id "
+                   "(org/name[@rev]; the project records it and its commit)")
     n.add_argument("--name", default=None, help="the project's name (default: the model's)")
     n.add_argument("--copy-checkpoint", action="store_true", help="copy the checkpoint into the project")
     n.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sc = sub.add_parser("set-checkpoint", help="point a project at its checkpoint again (after moving it)")
-    sc.add_argument("checkpoint", help="the Hugging Face model folder")
+    sc.add_argument("checkpoint", help="the Hugging Face model folder or Hub id")
     sc.add_argument("--project", required=True, help="the project folder")
     sc.add_argument("--json", action="store_true", help="one JSON object on stdout")
     st = sub.add_parser("status", help="each step of a project: fresh, stale or missing")

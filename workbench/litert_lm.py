@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -37,6 +38,14 @@ from workbench.errors import WorkbenchError
 START_TIMEOUT_S = 120.0  # loading a 1.1B bundle and writing its weight cache takes ~10 s here
 # LiteRT-LM's streaming detokenizer stops on text that is not valid UTF-8
 UTF8_STOP = "Stable text shrunk"
+
+
+_LIVE: "weakref.WeakSet[LiteRtLm]" = weakref.WeakSet()  # closed at exit: no child, log or cache left
+
+
+def _close_all() -> None:
+    for lm in list(_LIVE):
+        lm.close()
 
 
 class LiteRtLmError(WorkbenchError):
@@ -82,6 +91,12 @@ class LiteRtLm:
             raise LiteRtLmError("LiteRT-LM's Python API (litert-lm-api) is not installed",
                                 hint="pip install 'edge-workbench[bundle]' (it brings litert-lm-api)")
         self.threads = threads
+        if not _LIVE:
+            import atexit
+
+            atexit.unregister(_close_all)
+            atexit.register(_close_all)
+        _LIVE.add(self)
         self._tmp = Path(tempfile.mkdtemp(prefix="ewb-litert-lm-"))
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self._tmp / "cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -295,6 +310,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
             if msg.get("op") == "cancel":
                 s = state["session"]
                 if s is not None:
+                    state["cancelled"] = True  # its async decode ends quietly on CANCELLED
                     s.cancel_process()
             else:
                 lines.put(msg)
@@ -324,6 +340,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
                                        sampler_config=litert_lm.SamplerConfig(
                                            top_k=sc["top_k"], top_p=sc["top_p"], temperature=sc["temperature"],
                                            seed=sc["seed"]))
+                state["cancelled"] = False
                 state["session"] = s
                 text, error, cancelled = "", None, False
                 peak = me.memory_info().rss
@@ -339,6 +356,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
                     error = str(e)
                     cancelled = "CANCELLED" in error
                 state["session"] = None
+                cancelled = cancelled or state["cancelled"]
                 peak = max(peak, me.memory_info().rss)
                 try:
                     bench = _bench(s.get_benchmark_info())

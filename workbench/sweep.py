@@ -189,7 +189,11 @@ def run_item(task: dict, progress: Optional[Callable] = None) -> dict:
         sm = SignatureModel(res.path, threads=task["threads"])
         ids = task["ids"]
         row.update(accuracy(_decode_logits(sm, ids), ids, np.asarray(task["ref_fp32"]), np.asarray(task["ref_hf"])))
-        row.update(sm.speed(task["decode_steps"]))
+        if task.get("engine", "ai-edge-litert") == "litert-lm":
+            sm.close()
+            row.update(_litert_lm_speed(Path(res.path), task))
+        else:
+            row.update(sm.speed(task["decode_steps"]))
         row["status"] = "ok"
     except WorkbenchError as e:
         row.update(error=e.message, hint=e.hint, stage=getattr(e, "stage", ""))
@@ -200,6 +204,25 @@ def run_item(task: dict, progress: Optional[Callable] = None) -> dict:
     row["wall_s"] = round(time.time() - t0, 2)
     return row
 
+
+def _litert_lm_speed(tflite: Path, task: dict) -> dict:
+    """The row's speed in LiteRT-LM, the on-device runtime: the file bundled (`.litertlm` beside
+    it, checked in LiteRT-LM as every bundle is), a greedy session on a fixed prompt, its own
+    timings; prefill as prompt tokens / time to first token, as the ai-edge-litert rows."""
+    from workbench.bundle import bundle
+    from workbench.litert_lm import LiteRtLm
+
+    b = bundle(tflite, tokenizer=task["checkpoint"], out=tflite.with_suffix(".litertlm"))
+    with LiteRtLm(b.path, threads=task["threads"]) as lm:
+        n = max(1, min(task["decode_steps"], b.check.get("context_length", task["kv"]) -
+                       len(lm.prompt_ids(LITERT_LM_PROMPT)) - 1))
+        lm.generate(LITERT_LM_PROMPT, 2)  # warm
+        bench = lm.generate(LITERT_LM_PROMPT, n)["bench"]
+    return {"engine": "litert-lm", "bundle": b.path.name, "decode_tok_s": bench["decode_tok_s"],
+            "prefill_tok_s": bench["prefill_tokens"] / bench["ttft_s"] if bench.get("ttft_s") else 0.0}
+
+
+LITERT_LM_PROMPT = "Once upon a time"
 
 # ---- the sweep ----------------------------------------------------------------------
 # (key, label, unit, scale): the table (and the CLI's) shows paths.cell_text(row[key], key, scale)
@@ -384,6 +407,7 @@ class Sweep:
         self._task = {"prefix": st["prefix"], "common": {
             "mapping": mapping.to_json(), "checkpoint": str(mapping.checkpoint.root), "prefill": st["prefill"],
             "kv": st["kv"], "out": str(self.out), "threads": st["threads"], "decode_steps": st["decode_steps"],
+            "engine": st.get("engine", "ai-edge-litert"),
             "manifest_extra": self._manifest_extra, "ids": ids, "ref_fp32": ref_fp32[:-1], "ref_hf": ref_hf[:-1]}}
 
     def _stage_reporter(self, label: str, progress: Optional[Callable]) -> Optional[Callable]:
@@ -659,10 +683,11 @@ def prepare(source, recipes: Union[Sequence, dict], *, paths: Sequence[str] = ("
     ids, tokenized = _eval_ids(Path(mapping.checkpoint.root), n_eval)
     settings = {"prefill": prefill, "kv": int(kv), "threads": int(threads), "decode_steps": int(decode_steps),
                 "eval_tokens": len(ids), "tokenized": tokenized, "checkpoint": str(mapping.checkpoint.root),
-                "out": str(out), "prefix": file_prefix,
+                "out": str(out), "prefix": file_prefix, "engine": engine,
                 "peak_estimate_bytes": max(estimate_peak_bytes(bp, p) for p in {it.path for it in items})}
     key = _digest({"mapping": mapping.fingerprint(), "ids": ids, **{k: settings[k] for k in
-                                                                    ("prefill", "kv", "threads", "decode_steps")}})
+                                                                    ("prefill", "kv", "threads", "decode_steps")},
+                   **({"engine": engine} if engine != "ai-edge-litert" else {})})  # old keys unchanged
     settings["key"] = key
     inputs = dict((manifest_extra or {}).get("inputs", {}))
     s = Sweep(items, settings, record_path, out, inputs=inputs, project=project)
