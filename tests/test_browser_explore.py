@@ -96,6 +96,22 @@ def _select_in_left_pane(page, graph, node_id: str) -> None:
     time.sleep(3.0)
 
 
+def _select_until(page, graph, node_id: str, expected: str, timeout: float = 60.0) -> str:
+    """Selects `node_id` in the left pane until the page shows `expected` (the twin selected
+    on the right): on a busy machine the zoom animation outlasts any fixed wait, and a click
+    on the canvas before it ends selects nothing. Returns the page's text."""
+    deadline = time.time() + timeout
+    _select_in_left_pane(page, graph, node_id)
+    while True:
+        text = page.locator("body").inner_text()
+        if expected in text or time.time() > deadline:
+            return text
+        time.sleep(2.0)  # the zoom may still have been moving: click the node again, where it rests
+        box = page.locator("canvas").first.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        time.sleep(2.0)
+
+
 def test_overlay_colours_the_planted_fault_and_sync_follows_in_chromium(explored, faulty, tmp_path):
     """#14 in the real page: the per-layer error of a comparison with a planted fault (layer
     1's o_proj transposed) colours layer 1 red on both graphs; selecting an op that reads a
@@ -129,10 +145,10 @@ def test_overlay_colours_the_planted_fault_and_sync_follows_in_chromium(explored
         page.wait_for_function(RENDERED.format(n=2), timeout=60_000)
         time.sleep(2.0)
         # match node id: the o_proj op of layer 1 on the left selects output_projection on the right
-        _select_in_left_pane(page, graphs["original"], "model_layers_1_self_attn_o_proj")
-        text = page.locator("body").inner_text()
-        assert ("litert_torch.generative.layers.attention.TransformerBlock_1/litert_torch.generative.layers."
-                "attention.CausalSelfAttention_atten_func/torch.nn.modules.linear.Linear_output_projection") in text
+        twin = ("litert_torch.generative.layers.attention.TransformerBlock_1/litert_torch.generative.layers."
+                "attention.CausalSelfAttention_atten_func/torch.nn.modules.linear.Linear_output_projection")
+        text = _select_until(page, graphs["original"], "model_layers_1_self_attn_o_proj", twin)
+        assert twin in text
         page.screenshot(path=str(tmp_path / "explore-sync.png"))
     with browser.browser_page(1800, 1000) as page:
         # the uploaded mapping: k_proj (no twin by id) selects the fused q|k|v projection
@@ -149,10 +165,10 @@ def test_overlay_colours_the_planted_fault_and_sync_follows_in_chromium(explored
         page.wait_for_selector(f"text={view.sync['file'].name}", timeout=10_000)
         page.keyboard.press("Escape")
         time.sleep(0.5)
-        _select_in_left_pane(page, graphs["original"], "model_layers_1_self_attn_k_proj")
-        text = page.locator("body").inner_text()
-        assert "TransformerBlock_1/litert_torch.generative.layers.attention.CausalSelfAttention_atten_func/" \
-               "torch.nn.modules.linear.Linear_qkv_projection" in text
+        fused = ("TransformerBlock_1/litert_torch.generative.layers.attention.CausalSelfAttention_atten_func/"
+                 "torch.nn.modules.linear.Linear_qkv_projection")
+        text = _select_until(page, graphs["original"], "model_layers_1_self_attn_k_proj", fused)
+        assert fused in text
         page.screenshot(path=str(tmp_path / "explore-sync-upload.png"))
     assert shot.stat().st_size > 20_000
 

@@ -377,7 +377,7 @@ def test_peak_memory_estimate_and_warning(samples, monkeypatch):
     from workbench_widgets import ConvertPanel
 
     big = Blueprint.preset("tinyllama-1.1b")
-    assert 6.3e9 < estimate_peak_bytes(big) < 7.0e9
+    assert 8.96e9 < estimate_peak_bytes(big) < 10e9  # above the measured 1.1B peaks (8.96 fp32, 8.43 bf16)
     assert 14.7e9 < estimate_peak_bytes(big, "export_hf") < 15.5e9
     small = Blueprint.from_hf(samples["llama"])
     assert estimate_peak_bytes(small) < 3e9 and memory_warning(estimate_peak_bytes(small)) == ""

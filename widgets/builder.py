@@ -1,6 +1,6 @@
 """The Builder panel: a transformer's knobs as a form, with live size, cost and problems.
 
-    panel = BuilderPanel.from_hf("sample_models/llama-tiny")
+    panel = BuilderPanel.from_hf("sample_models/llama-tiny")   # or a Hub id: "Qwen/Qwen2.5-0.5B"
     panel                        # in a notebook: the form, summary, chart and problems
     panel.set("num_kv_heads", 1) # what typing in the form does
     panel.override([1, 2], "sliding_window", 64)
@@ -115,6 +115,13 @@ class BuilderPanel(W.VBox):
         self.preset = W.Dropdown(options=[""] + Blueprint.presets(), description="preset", layout=W.Layout(width="260px"))
         self.load_preset_button = W.Button(description="Load preset", icon="download")
         self.load_preset_button.on_click(lambda _: self.load_preset(self.preset.value))
+        self.hf_source = W.Text(placeholder="org/name[@rev] or a model folder", description="model",
+                                style={"description_width": "45px"}, layout=W.Layout(width="330px"))
+        self.load_hf_button = W.Button(description="Load model", icon="download",
+                                       tooltip="config.json of a Hugging Face Hub id or a local model folder")
+        self.load_hf_button.on_click(lambda _: self.load_hf(self.hf_source.value))
+        self.download = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px", visibility="hidden"))
+        self.hf_row = W.HBox([self.hf_source, self.load_hf_button, self.download])
         form = W.Accordion(children=[W.VBox([self.fields[f] for f in fs]) for fs in GROUPS.values()],
                            titles=tuple(GROUPS), selected_index=2)
         form.layout.width = "370px"

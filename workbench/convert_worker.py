@@ -18,12 +18,113 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 
 _EVENTS = None  # the real stdout, kept for events
+
+
+class _StageMemory:
+    """Per-stage memory of this process: at the end of each stage, its RSS then and the peak
+    reached within it. The peak is the kernel's high-water mark (VmHWM), reset at each stage's
+    start through /proc/self/clear_refs ("5"), so it sees the converter's C++ spikes that hold
+    the GIL; a light sampler thread (0.05 s) stands in where the reset is not allowed. The
+    reset also lowers `ru_maxrss` (it reads the same mark), so the whole run's peak is kept
+    here too (`overall`). RSS counts mapped file pages (the float file the quantizer reads,
+    the file it writes, the checkpoint): `anon_end_bytes` / `anon_peak_bytes` (sampled) are
+    the anonymous part alone, the memory that cannot be dropped under pressure."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict] = {}
+        self.current: str | None = None
+        self.overall = 0
+        self._peak = 0
+        self._anon_peak = 0
+        self._resettable = True
+        self._lock = threading.Lock()
+        self._thread = None
+
+    @staticmethod
+    def _status(*keys: str) -> tuple[int, ...]:
+        """Fields of /proc/self/status in bytes (0 where unreadable), one read for all."""
+        got = dict.fromkeys(keys, 0)
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    key = line.split(":", 1)[0]
+                    if key in got:
+                        got[key] = int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+        return tuple(got[k] for k in keys)
+
+    def rss(self) -> int:
+        return self._status("VmRSS")[0]
+
+    def _sample(self) -> None:
+        while True:
+            rss, anon = self._status("VmRSS", "RssAnon")
+            with self._lock:
+                self._peak = max(self._peak, rss)
+                self._anon_peak = max(self._anon_peak, anon)
+            time.sleep(0.05)
+
+    def _reset(self) -> None:
+        if self._resettable:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self._resettable = False
+        rss, anon = self._status("VmRSS", "RssAnon")
+        with self._lock:
+            self._peak, self._anon_peak = rss, anon
+
+    def _stage_peak(self) -> tuple[int, int]:
+        with self._lock:
+            peak, anon = self._peak, self._anon_peak
+        return max(peak, self._status("VmHWM")[0] if self._resettable else 0), anon
+
+    def enter(self, stage: str) -> None:
+        """A stage begins (a repeated one, e.g. litert-torch's nested tasks, continues it)."""
+        if stage == self.current:
+            return
+        self.close()
+        if self._thread is None:
+            self.overall = max(self.overall, _ru_maxrss())  # before the first reset lowers it
+            self._thread = threading.Thread(target=self._sample, daemon=True, name="ewb-stage-memory")
+            self._thread.start()
+        self.current = stage
+        self._reset()
+
+    def close(self) -> None:
+        """Ends the current stage: records its RSS now and its peak (a stage met twice keeps
+        the larger peak and the later RSS)."""
+        if self.current is None:
+            return
+        (peak, anon_peak), (rss, anon) = self._stage_peak(), self._status("VmRSS", "RssAnon")
+        peak = max(peak, rss)
+        self.overall = max(self.overall, peak)
+        rec = self.stages.setdefault(self.current, {"rss_end_bytes": 0, "peak_bytes": 0, "anon_end_bytes": 0,
+                                                    "anon_peak_bytes": 0})
+        rec["rss_end_bytes"], rec["anon_end_bytes"] = rss, anon
+        rec["peak_bytes"] = max(rec["peak_bytes"], peak)
+        rec["anon_peak_bytes"] = max(rec["anon_peak_bytes"], anon_peak, anon)
+        self.current = None
+
+    def report(self) -> dict:
+        self.close()
+        return {k: dict(v) for k, v in self.stages.items()}
+
+
+_MEM = _StageMemory()
+
+
 def emit(event: str, **data) -> None:
+    if event == "stage" and data.get("stage"):
+        _MEM.enter(data["stage"])
     _EVENTS.write(json.dumps({"event": event, "t": time.time(), **data}) + "\n")
     _EVENTS.flush()
     # Test seams: hold (to cancel or kill there) or crash at the start of a named stage.
@@ -156,21 +257,17 @@ def run_export_hf(spec: dict) -> dict:
     return {"check": result, "quant_error": None, "signatures": checks.describe_signatures(partial)}
 
 
-def _trim() -> None:
-    """Hands freed heap back to the system (glibc keeps it otherwise)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-def _peak_rss() -> int:
-    """This process's own peak RSS (the kernel's count: it sees C++ spikes a sampler misses)."""
+def _ru_maxrss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_rss() -> int:
+    """This process's own peak RSS (the kernel's count: it sees C++ spikes a sampler misses).
+    The per-stage high-water resets lower `ru_maxrss`, so the stages' peaks count too."""
+    _MEM.close()
+    return max(_ru_maxrss(), _MEM.overall)
 
 
 def run(spec: dict) -> dict:
@@ -248,7 +345,7 @@ def run(spec: dict) -> dict:
         # the check reloads them (mmapped, one tensor at a time) after transformers' model is gone
         model = lambda: m.load(kv_cache_length=kv)  # noqa: E731
         gc.collect()
-        _trim()
+        checks.trim_heap()
         emit("stage", stage="quantize", detail=recipe.describe() + " (ai-edge-quantizer, file to file)")
         try:
             quantizer.Quantizer(str(float_file), recipe.ai_edge_recipe(tied_head=bp.tie_embeddings)).quantize(
@@ -282,6 +379,12 @@ def run(spec: dict) -> dict:
         del quantized, qt
     emit("stage", stage="check", detail="ai-edge-litert: prefill then decode, against PyTorch and transformers")
     if spec.get("check_steps", 6) > 0:
+        if callable(model) and not isinstance(model, torch.nn.Module):
+            reload = model
+
+            def model():  # the check's second half, measured apart: our model reloaded, transformers' gone
+                _MEM.enter("check: re-authored model")
+                return reload()
         result = checks.check_tflite(partial, model, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
                                      steps=spec["check_steps"])
     else:
@@ -326,7 +429,8 @@ def main(argv: list[str]) -> int:
             emit("error", error=f"{type(e).__name__}: {e}", hint="see the job's log for the traceback",
                  kind=type(e).__name__)
         return 1
-    emit("done", seconds=time.time() - t0, peak_rss_self=_peak_rss(), **out)
+    peak = _peak_rss()
+    emit("done", seconds=time.time() - t0, peak_rss_self=peak, stage_memory=_MEM.report(), **out)
     return 0
 
 
