@@ -97,7 +97,7 @@ def test_run_and_sweep_panels_render_in_jupyterlab(lab, tmp_path):
         assert page.locator(".ewb-sweep-panel tr.ewb-row").count() == 4
         assert page.locator(".ewb-sweep-panel .js-plotly-plot .scatterlayer .point").count() >= 4  # drawn points
         # a click in the browser reaches the kernel: Pick the dropdown's model
-        page.locator(".ewb-sweep-panel select").first.select_option("fp16")
+        page.locator(".ewb-sweep-panel .ewb-sweep-choice select").select_option("fp16")
         page.locator(".ewb-sweep-panel button", has_text="Pick").first.click()
         page.wait_for_selector(".ewb-sweep-panel :text('chose fp16')", timeout=60_000)
         page.locator(".ewb-sweep-panel .js-plotly-plot").first.scroll_into_view_if_needed()

@@ -81,6 +81,7 @@ class SweepPanel(W.VBox):
         self.figure = go.FigureWidget()
         self.figure.layout.height = 10
         self.choice = W.Dropdown(options=[], description="model", style=small, layout=W.Layout(width="300px"))
+        self.choice.add_class("ewb-sweep-choice")  # the pick menu, told apart from the engine menu
         self.pick_button = W.Button(description="Pick", icon="check", disabled=True,
                                     tooltip="the chosen model: run and bundle take it by default")
         self.pick_button.on_click(lambda _: self.pick())

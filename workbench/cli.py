@@ -453,11 +453,13 @@ def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
 
 def _recorded_checkpoint(model: Path) -> Optional[str]:
     """The checkpoint a converted model's manifest names, if that folder still holds a tokenizer."""
+    from workbench.runner import tokenizer_digest
+
     try:
         ck = Path(json.loads(model.with_suffix(".json").read_text())["checkpoint"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(ck) if any((ck / f).is_file() for f in ("tokenizer.json", "tokenizer.model")) else None
+    return str(ck) if tokenizer_digest(ck) is not None else None
 
 
 def cmd_bundle(args: argparse.Namespace) -> tuple[dict, str]:

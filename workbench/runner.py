@@ -481,7 +481,7 @@ def _special_ids(folder: Path, tok) -> tuple[set[int], Optional[int]]:
 __all__ = ["Runner", "RunnerError", "Generation", "SAMPLING", "ENGINES"]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model")  # what decides how text becomes ids
 
 
 def tokenizer_digest(folder: Path) -> Optional[str]:
@@ -490,7 +490,7 @@ def tokenizer_digest(folder: Path) -> Optional[str]:
     import hashlib
 
     h, found = hashlib.sha256(), False
-    for name in TOKENIZER_FILES:
+    for name in VOCABULARY_FILES:
         f = Path(folder) / name
         if f.is_file():
             found = True
