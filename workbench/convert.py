@@ -425,9 +425,6 @@ def _export_hf_recipe(r: Recipe, folder: Path) -> Any:
     return EXPORT_HF_RECIPES[r.name]
 
 
-_hash = digest  # the recipe label's and the mapping's content hash (workbench._io)
-
-
 def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", prefill: Sequence[int] = (8,),
             kv: int = 1024, out: Union[str, Path] = "out", name: Optional[str] = None,
             progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6,
@@ -514,7 +511,7 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
     except OSError as e:
         raise ConversionError(f"cannot write to the output folder {str(out)!r}: {e.strerror or e}",
                               hint="choose a folder you can write to") from None
-    label = r.name if r.name != "mixed" else f"mixed-{_hash(r.to_json())[:6]}"
+    label = r.name if r.name != "mixed" else f"mixed-{digest(r.to_json())[:6]}"
     suffix = "_export_hf" if path == "export_hf" else ""
     name = name or f"{(bp.name or bp.family).replace('/', '_')}_{label}_kv{kv}{suffix}"
     final = out / f"{name}.tflite"
@@ -530,7 +527,7 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
         "threads": threads or os.cpu_count() or 1, "check_steps": check_steps,
         # ai-edge-quantizer's validate keeps every tensor: measured by default up to 300M parameters
         "analyze": analyze_flag,
-        "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": _hash(mapping.to_json()["tensor_names"]),
+        "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": digest(mapping.to_json()["tensor_names"]),
         "estimated_bytes": r.estimate_bytes(bp, kv),
         "estimated_peak_bytes": estimate_peak_bytes(bp, path, bool(analyze_flag)),
         "schemes": {"embedding": r.scheme_of("embedding"),

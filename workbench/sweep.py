@@ -104,7 +104,7 @@ def plan(recipes: Union[Sequence, dict], bp, paths: Sequence[str] = ("reauthored
                                   "a recipe dict, or NAME@export_hf")
         r = Recipe.parse(spec)
         r.validate(bp)
-        base = label or (r.name if r.name != "mixed" else f"mixed-{_digest(r.to_json())[:6]}")
+        base = label or (r.name if r.name != "mixed" else f"mixed-{digest(r.to_json())[:6]}")
         for path in ([only] if only else paths):
             full = base + (EXPORT_HF_SUFFIX if path == "export_hf" and not base.endswith(EXPORT_HF_SUFFIX) else "")
             items.append(Item(full, r.to_json(), path))
@@ -115,9 +115,6 @@ def plan(recipes: Union[Sequence, dict], bp, paths: Sequence[str] = ("reauthored
                                                                           "with a dict: {'label': recipe}")
         seen.add(it.label)
     return items
-
-
-_digest = digest
 
 
 def _file_stem(label: str) -> str:
@@ -685,7 +682,7 @@ def prepare(source, recipes: Union[Sequence, dict], *, paths: Sequence[str] = ("
                 "eval_tokens": len(ids), "tokenized": tokenized, "checkpoint": str(mapping.checkpoint.root),
                 "out": str(out), "prefix": file_prefix, "engine": engine,
                 "peak_estimate_bytes": max(estimate_peak_bytes(bp, p) for p in {it.path for it in items})}
-    key = _digest({"mapping": mapping.fingerprint(), "ids": ids, **{k: settings[k] for k in
+    key = digest({"mapping": mapping.fingerprint(), "ids": ids, **{k: settings[k] for k in
                                                                     ("prefill", "kv", "threads", "decode_steps")},
                    **({"engine": engine} if engine != "ai-edge-litert" else {})})  # old keys unchanged
     settings["key"] = key

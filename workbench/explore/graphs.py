@@ -140,9 +140,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-_hash = digest
-
-
 def _file_sha(path: Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -268,7 +265,7 @@ class GraphStore:
                      rec.get("graph_id", ""), rec.get("nodes", 0))
 
     def keys(self, sources: GraphSources, names: Sequence[str]) -> dict[str, str]:
-        return {n: _hash(sources.inputs(n)) for n in names if n != "tflite"}
+        return {n: digest(sources.inputs(n)) for n in names if n != "tflite"}
 
     def ensure(self, sources: GraphSources, names: Sequence[str] = GRAPHS, progress: Optional[Progress] = None,
                force: bool = False, timeout: Optional[float] = None) -> dict[str, Graph]:
@@ -289,7 +286,7 @@ class GraphStore:
             except WorkbenchError as e:
                 out[name] = Graph(name, None, error=e.message, hint=e.hint)
                 continue
-            key = _hash(inputs)
+            key = digest(inputs)
             hit = None if force else self.cached(name, key)
             if hit is not None:
                 out[name] = hit

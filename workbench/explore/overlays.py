@@ -125,7 +125,6 @@ class Overlay:
 
 
 # ---- small helpers -------------------------------------------------------------------
-_hash = digest
 
 
 def file_identity(path: Path) -> dict:
@@ -193,7 +192,7 @@ def tflite_index(path: Path, folder: Path, timeout: float = 600) -> dict:
     """The node index of a converted model as Model Explorer's flatbuffer adapter sees it
     (computed once per file, in a child process, and kept under `folder`)."""
     ident = file_identity(path)
-    out = folder / _hash({**ident, "v": OVERLAY_VERSION}) / "tflite.nodes.json"
+    out = folder / digest({**ident, "v": OVERLAY_VERSION}) / "tflite.nodes.json"
     if out.is_file():
         try:
             return json.loads(out.read_text())
@@ -371,7 +370,7 @@ def compare_overlay(graphs: dict, comparison, comparison_name: str, tensor_names
     if not targets:
         raise OverlayError("the per-layer error colours the original and re-authored graphs: neither is shown",
                            hint="show 'original' or 'reauthored' with it")
-    key = _hash({"overlay": "compare", "v": OVERLAY_VERSION, "graphs": {n: g.key for n, g in targets.items()},
+    key = digest({"overlay": "compare", "v": OVERLAY_VERSION, "graphs": {n: g.key for n, g in targets.items()},
                  "comparison": comparison.to_json(), "names": tensor_names})
     files, labels, colored, expand = {}, {}, {}, {}
     title = f"max |re-authored − original| per layer (comparison {comparison_name})"
@@ -487,7 +486,7 @@ def _tflite_expand(tflite, index: dict) -> dict[str, list[str]]:
 
 def quant_overlay(tflite, index: dict, folder: Path) -> Overlay:
     graphs = signature_graphs(index)
-    key = _hash({"overlay": "quant", "v": OVERLAY_VERSION, "tflite": file_identity(tflite.path)})
+    key = digest({"overlay": "quant", "v": OVERLAY_VERSION, "tflite": file_identity(tflite.path)})
     data, colored, seen = {}, 0, set()
     for gid in graphs:
         schemes = op_schemes(index["graphs"][gid]["nodes"])
@@ -507,7 +506,7 @@ def quant_overlay(tflite, index: dict, folder: Path) -> Overlay:
 
 def sizes_overlay(tflite, index: dict, folder: Path) -> Overlay:
     graphs = signature_graphs(index)
-    key = _hash({"overlay": "sizes", "v": OVERLAY_VERSION, "tflite": file_identity(tflite.path)})
+    key = digest({"overlay": "sizes", "v": OVERLAY_VERSION, "tflite": file_identity(tflite.path)})
     data, lo, hi, colored, total = {}, None, 0, 0, 0
     for gid in graphs:
         sizes = op_weight_bytes(index["graphs"][gid]["nodes"])
@@ -573,8 +572,8 @@ def quant_error_overlay(tflite, index: dict, manifest: Optional[dict], folder: P
     thresholds[-1]["value"] = BIG
     if len(thresholds) > 1:
         thresholds[-1]["textColor"] = "#ffffff"
-    key = _hash({"overlay": "quant_error", "v": OVERLAY_VERSION, "tflite": file_identity(tflite.path),
-                 "qe": _hash(tensors)})
+    key = digest({"overlay": "quant_error", "v": OVERLAY_VERSION, "tflite": file_identity(tflite.path),
+                 "qe": digest(tensors)})
     path = folder / key / "quant_error.tflite.json"
     if not path.is_file():
         _atomic_json(path, {gid: graph_node_data("quantization MSE per op", results, thresholds=thresholds)})
@@ -716,7 +715,7 @@ def tflite_sync(reauthored: Sequence[dict], tflite_nodes: Sequence[dict], reauth
 
 
 def write_sync(folder: Path, key_inputs: dict, filename: str, mapping: dict) -> Path:
-    path = folder / _hash({**key_inputs, "v": OVERLAY_VERSION}) / filename
+    path = folder / digest({**key_inputs, "v": OVERLAY_VERSION}) / filename
     if not path.is_file():
         _atomic_json(path, mapping)
     _prune(folder)
