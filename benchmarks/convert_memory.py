@@ -263,8 +263,8 @@ CHECK_PART = textwrap.dedent("""
         if part == "tflite-weight-cache":
             import ai_edge_litert.options as o
             o.CpuOptions = functools.partial(o.CpuOptions, xnnpack_weight_cache_path=path + ".xnncache")
-        from workbench import check
-        m = check.SignatureModel(path, 2)
+        from workbench import runtime
+        m = runtime.SignatureModel(path, 2)
         m.prefill(seq[:8]); [m.decode(seq[p], p) for p in range(8, 12)]
     elif part.startswith("transformers"):
         from transformers import AutoModelForCausalLM

@@ -107,7 +107,7 @@ def open_model(path: Path, threads: int):
     from ai_edge_litert.options import CpuOptions, Options
 
     from workbench._quiet import muted_fd2
-    from workbench.check import _environment
+    from workbench.runtime import _environment
 
     with muted_fd2():
         cm = CompiledModel.from_file(str(path), environment=_environment(), options=Options(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench import browser
+import browser  # tests/browser.py: the headless JupyterLab + Chromium driver
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(browser.chromium_path() is None, reason="Debian's chromium is not installed")]

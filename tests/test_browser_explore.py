@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from workbench import browser
+import browser  # tests/browser.py: the headless JupyterLab + Chromium driver
 from workbench.explore import overlays as ovl
 from workbench.explore.server import SECRET_PARAM
 

@@ -142,8 +142,8 @@ def _html_cells(html: str) -> list[str]:
 @pytest.mark.parametrize("v", [None, 0, 0.0, 1e-12, 0.97, 1.0, 12.345, 2.5e9, float("nan"), float("inf"),
                                -float("inf")])
 def test_text_and_html_cells_agree(v):
-    from workbench.paths import COLUMNS as PATH_COLUMNS
-    from workbench.paths import cell_html, cell_text
+    from workbench.conversion_paths import COLUMNS as PATH_COLUMNS
+    from workbench.conversion_paths import cell_html, cell_text
     from workbench.sweep import COLUMNS as SWEEP_COLUMNS
 
     for key, _, _, scale in PATH_COLUMNS + SWEEP_COLUMNS:
@@ -156,15 +156,15 @@ def test_text_and_html_cells_agree(v):
 
 def test_paths_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, monkeypatch, capsys):
     """No conversion: compare_paths returns a made-up table."""
-    import workbench.paths
+    import workbench.conversion_paths
     from workbench.mapping import Mapping
-    from workbench.paths import COLUMNS, PathComparison
+    from workbench.conversion_paths import COLUMNS, PathComparison
 
     measured = {"path": "reauthored", **{key: MEASURES[key] for key, _, _, _ in COLUMNS}}
     table = PathComparison(rows=[measured, {"path": "export_hf", "size_bytes": 2**20}],
                            recipe="dynamic_int8", prefill=[8], kv=64, threads=2)
     monkeypatch.setattr(Mapping, "propose", lambda *a, **k: None)
-    monkeypatch.setattr(workbench.paths, "compare_paths", lambda m, **kw: table)
+    monkeypatch.setattr(workbench.conversion_paths, "compare_paths", lambda m, **kw: table)
     assert cli.main(["paths", str(samples["llama"])]) == 0
     text = capsys.readouterr().out.splitlines()
     head, text = text[:-2], text[-2:]
@@ -185,14 +185,14 @@ def test_paths_text_table_matches_its_html_and_json_keeps_raw_numbers(samples, m
 
 def test_json_output_is_strict_json_when_a_figure_is_nan(samples, monkeypatch, capsys):
     """A diverged conversion's error is NaN: --json prints null for it (strict JSON), not a traceback."""
-    import workbench.paths
+    import workbench.conversion_paths
     from workbench.mapping import Mapping
-    from workbench.paths import PathComparison
+    from workbench.conversion_paths import PathComparison
 
     table = PathComparison(rows=[{"path": "reauthored", "size_bytes": 2**20, "max_abs_diff": float("nan")}],
                            recipe="dynamic_int8", prefill=[8], kv=64, threads=2)
     monkeypatch.setattr(Mapping, "propose", lambda *a, **k: None)
-    monkeypatch.setattr(workbench.paths, "compare_paths", lambda m, **kw: table)
+    monkeypatch.setattr(workbench.conversion_paths, "compare_paths", lambda m, **kw: table)
     assert cli.main(["paths", str(samples["llama"]), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["rows"][0]
     assert row["max_abs_diff"] is None and row["size_bytes"] == 2**20

@@ -139,7 +139,7 @@ def test_transposed_kv_layout_is_recorded_read_and_checked_alike(conversions):
     """kv_layout="transposed" (K [1, heads, kv, dim], V [1, heads, dim, kv]) asked for by name:
     in the manifest, read back by SignatureModel (here through its probe: kv 16 == head_dim
     makes K and V the same shape), and checked as close to transformers as at kv 64."""
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
 
     _, results = conversions
     t, d = results[("llama", "dynamic_int8", "transposed")], results[("llama", "dynamic_int8")]

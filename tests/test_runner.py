@@ -57,7 +57,7 @@ def test_greedy_text_matches_pytorch_and_transformers(style, converted, reauthor
 def test_both_kv_layouts_run_alike(converted):
     """The re-authored file with the other KV cache layout: read right (layout, kv), and its
     check as close to transformers as the default layout's (fp32)."""
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
 
     sm = SignatureModel(converted["reauthored_other_layout"])
     details = sm.input_details("decode")
@@ -80,7 +80,7 @@ def test_the_cache_updated_in_place_gives_the_interpreters_logits(style, convert
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
 
     sm = SignatureModel(converted[style])
     it = Interpreter(model_path=str(converted[style]), num_threads=2)
@@ -220,7 +220,7 @@ def test_signature_inputs_are_checked(converted):
     """The runtime's buffers take any bytes: a missing input or a wrong dtype is refused instead."""
     import numpy as np
 
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
 
     sm = SignatureModel(converted["reauthored"])
     with pytest.raises(ValueError, match="decode takes"):

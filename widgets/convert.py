@@ -197,7 +197,7 @@ class ConvertPanel(W.VBox):
     def compare_paths(self) -> Optional[threading.Thread]:
         """Converts both ways (re-authored, litert-torch's direct export) with the form's recipe
         and lengths, in the background, then shows the side-by-side table and chart."""
-        from workbench.paths import compare_paths
+        from workbench.conversion_paths import compare_paths
 
         prefill = self._startable_prefill()
         if prefill is None:

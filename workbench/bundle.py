@@ -187,7 +187,7 @@ def bundle(tflite: Union[str, Path], tokenizer: Union[str, Path], format: str = 
 
 def _model_facts(tflite: Path) -> dict:
     """The .tflite's KV length, vocabulary and hash; refuses a file that is not a decoder."""
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
 
     if not tflite.is_file():
         raise BundleError(f"no model file at {str(tflite)!r}", hint="convert the model first (edge-workbench "
@@ -598,7 +598,7 @@ def _run_checks(fmt: str, info: dict, model_file: Path) -> dict:
 
 
 def _decode_check(model_file: Path, res: dict, tok) -> list[str]:
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
 
     try:
         sm = SignatureModel(model_file, threads=2)

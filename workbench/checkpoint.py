@@ -28,6 +28,30 @@ SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF1
 _BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
           "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Every file a checkpoint's tokenizer may be made of (fetched with a Hub model), and the files one
+# of which makes a usable tokenizer: these decide how text becomes ids, and the digest covers them.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+                   "spiece.model")
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "spiece.model")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / f).is_file() for f in VOCABULARY_FILES)
+
+
+def tokenizer_digest(folder: str | Path) -> Optional[str]:
+    """A digest of a checkpoint's vocabulary files (None when it holds none): two folders with
+    the same digest tokenize the same way."""
+    import hashlib
+
+    h, found = hashlib.sha256(), False
+    for name in VOCABULARY_FILES:
+        f = Path(folder) / name
+        if f.is_file():
+            found = True
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16] if found else None
 
 
 class CheckpointError(WorkbenchError):

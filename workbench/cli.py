@@ -316,7 +316,7 @@ def _prefill(text: str) -> list[int]:
 def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.blueprint import Blueprint
     from workbench.mapping import Mapping
-    from workbench.paths import COLUMNS, LABELS, compare_paths
+    from workbench.conversion_paths import COLUMNS, LABELS, compare_paths
 
     _need_source(args)
 
@@ -349,8 +349,8 @@ def _text_header(first: str, first_width: int, columns: tuple, width: int) -> li
 
 def _text_cells(row: dict, columns: tuple, width: int) -> str:
     """A table row's measures as right-aligned text, formatted as the notebook's table shows
-    them (`paths.cell_text`: top-1 as a percentage, errors to two significant digits, ...)."""
-    from workbench.paths import cell_text
+    them (`conversion_paths.cell_text`: top-1 as a percentage, errors to two significant digits, ...)."""
+    from workbench.conversion_paths import cell_text
 
     return "".join(f"{cell_text(row.get(key), key, scale):>{width}}" for key, _, _, scale in columns)
 
@@ -453,7 +453,7 @@ def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
 
 def _recorded_checkpoint(model: Path) -> Optional[str]:
     """The checkpoint a converted model's manifest names, if that folder still holds a tokenizer."""
-    from workbench.runner import tokenizer_digest
+    from workbench.checkpoint import tokenizer_digest
 
     try:
         ck = Path(json.loads(model.with_suffix(".json").read_text())["checkpoint"])

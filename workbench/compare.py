@@ -253,7 +253,7 @@ def _stats(a, b) -> tuple[float, float, float, float]:
 def _tokenize(hf_dir: Path, prompts, notes: list[str]) -> tuple[list[list[int]], Any]:
     tok = None
     try:
-        from workbench.check import load_tokenizer
+        from workbench.runtime import load_tokenizer
 
         tok = load_tokenizer(hf_dir)
     except Exception as e:  # noqa: BLE001 - any tokenizer failure falls back to ids, said clearly
@@ -388,7 +388,8 @@ def _converted_logits(path, original, prompt: list[int]) -> dict:
     import numpy as np
     import torch
 
-    from workbench.check import SignatureModel, _metrics
+    from workbench.check import _metrics
+    from workbench.runtime import SignatureModel
 
     sm = SignatureModel(path)
     if len(prompt) > sm.kv_len:

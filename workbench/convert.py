@@ -322,7 +322,7 @@ class Job:
         """Writes the manifest beside the checked model, then renames both into place."""
         import importlib.metadata as md
 
-        from workbench.runner import tokenizer_digest
+        from workbench.checkpoint import tokenizer_digest
 
         spec = self.spec
         partial, final = Path(spec["partial"]), Path(spec["path"])
@@ -412,15 +412,15 @@ def memory_warning(estimate: int) -> str:
 
 def _export_hf_recipe(r: Recipe, folder: Path) -> Any:
     """export_hf's quantization for a recipe, or a clear refusal."""
-    from workbench.check import TOKENIZER_FILES
+    from workbench.checkpoint import VOCABULARY_FILES, has_tokenizer
 
     if r.name == "mixed":
         raise ConversionError("litert-torch's direct export takes one recipe for the whole model, not a per-layer "
                               "mix", hint="use a recipe name with path='export_hf', or the re-authored path for "
                                           "per-layer recipes")
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+    if not has_tokenizer(folder):
         raise ConversionError(f"litert-torch's direct export needs the model's tokenizer, and {folder} has none "
-                              f"({', '.join(TOKENIZER_FILES)})", hint="put the tokenizer files beside config.json, "
+                              f"({', '.join(VOCABULARY_FILES)})", hint="put the tokenizer files beside config.json, "
                                                                        "or use the re-authored path")
     return EXPORT_HF_RECIPES[r.name]
 

@@ -28,13 +28,11 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from workbench.checkpoint import TOKENIZER_FILES, has_tokenizer
 from workbench.errors import WorkbenchError
 from workbench.progress import Progress, report
 
 CONFIG_FILES = ("config.json", "generation_config.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
-                   "spiece.model")
 NEEDS = ("config", "tokenizer", "all")
 LOGIN = "log in with `hf auth login` (older clients: `huggingface-cli login`) or set HF_TOKEN"
 # org/name[@revision]: the hub's own name rules (letters, digits, '-', '_', '.'), one slash.
@@ -211,7 +209,7 @@ def _missing(snap: Path, need: str) -> list[str]:
     if need == "config":
         return []
     if need == "tokenizer":
-        return [] if any((snap / f).is_file() for f in TOKENIZER_FILES) else ["the tokenizer files"]
+        return [] if has_tokenizer(snap) else ["the tokenizer files"]
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (snap / index).is_file():
             return [s for s in _shards(snap / index) if not (snap / s).is_file()]

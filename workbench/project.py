@@ -528,7 +528,7 @@ class Workbench:
     def compare_paths(self, name: Optional[str] = None, *, allow_stale: bool = False, **kwargs):
         """Converts the project's model both ways (re-authored, litert-torch's direct export)
         into conversions/ and records the side-by-side table in paths/NAME.json."""
-        from workbench.paths import compare_paths
+        from workbench.conversion_paths import compare_paths
 
         self._writable()
         m = self._require_fresh_mapping(allow_stale)
@@ -541,7 +541,7 @@ class Workbench:
 
     def paths_table(self, name: str):
         """A recorded re-authored vs direct-export table (nothing recomputed)."""
-        from workbench.paths import PathComparison
+        from workbench.conversion_paths import PathComparison
 
         if name not in self.paths:
             raise ProjectError(f"no paths table named {name!r}", hint=f"recorded: {', '.join(self.paths) or 'none'}")

@@ -7,7 +7,7 @@
     r.generate("Once upon a time", sampling="top_p", top_p=0.9, temperature=0.8, seed=1)
 
 Both signature styles run (the re-authoring converter's, and litert-torch's direct export
-with its `mask` input): `workbench.check.SignatureModel` drives them. A prompt longer than
+with its `mask` input): `workbench.runtime.SignatureModel` drives them. A prompt longer than
 the largest `prefill_N` is prefilled in chunks; its last token goes through `decode`, whose
 logits give the first new token (prefill signatures output no logits).
 """
@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from workbench.checkpoint import tokenizer_digest
 from workbench.errors import WorkbenchError
 
 SAMPLING = ("greedy", "top_k", "top_p")
@@ -71,7 +72,7 @@ class Runner:
 
     def __init__(self, model_path: str | Path, tokenizer: str | Path | None = None, threads: int = 2,
                  engine: str = "ai-edge-litert") -> None:
-        from workbench.check import SignatureModel, load_tokenizer
+        from workbench.runtime import SignatureModel, load_tokenizer
         from workbench.hub import resolve as resolve_hub
 
         if engine not in ENGINES:
@@ -479,23 +480,6 @@ def _special_ids(folder: Path, tok) -> tuple[set[int], Optional[int]]:
 
 
 __all__ = ["Runner", "RunnerError", "Generation", "SAMPLING", "ENGINES"]
-
-
-VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model")  # what decides how text becomes ids
-
-
-def tokenizer_digest(folder: Path) -> Optional[str]:
-    """A digest of a checkpoint's tokenizer files (None when it holds none): two folders
-    with the same digest tokenize the same way."""
-    import hashlib
-
-    h, found = hashlib.sha256(), False
-    for name in VOCABULARY_FILES:
-        f = Path(folder) / name
-        if f.is_file():
-            found = True
-            h.update(name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16] if found else None
 
 
 def check_tokenizer(model_path: Path, tokenizer: Path) -> None:

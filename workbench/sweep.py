@@ -161,7 +161,7 @@ def run_item(task: dict, progress: Optional[Callable] = None) -> dict:
     row carries the error). Module-level and picklable: Dask and process pools run it."""
     import socket
 
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
     from workbench.convert import convert
     from workbench.mapping import Mapping
 
@@ -222,7 +222,7 @@ def _litert_lm_speed(tflite: Path, task: dict) -> dict:
 LITERT_LM_PROMPT = "Once upon a time"
 
 # ---- the sweep ----------------------------------------------------------------------
-# (key, label, unit, scale): the table (and the CLI's) shows paths.cell_text(row[key], key, scale)
+# (key, label, unit, scale): the table (and the CLI's) shows conversion_paths.cell_text(row[key], key, scale)
 COLUMNS = (("size_bytes", "size", "MiB", 2**20), ("seconds", "convert", "s", 1),
            ("peak_rss_bytes", "peak mem", "GB", 1e9), ("prefill_tok_s", "prefill", "tok/s", 1),
            ("decode_tok_s", "decode", "tok/s", 1), ("err_fp32", "max |Δ| vs fp32", "", 1),
@@ -515,7 +515,7 @@ class Sweep:
     def table_html(self) -> str:
         import html
 
-        from workbench.paths import cell_html
+        from workbench.conversion_paths import cell_html
 
         front = set(self.pareto())
         head = "".join(f"<th style='padding:2px 6px'>{html.escape(label)}{f' ({unit})' if unit else ''}</th>"
@@ -598,7 +598,7 @@ def _dask_client(address: str, timeout: float):
 def _eval_ids(checkpoint: Path, n: int) -> tuple[list[int], bool]:
     """The bundled text's first `n` tokens with the model's tokenizer (True), or fixed ids
     when the checkpoint has no tokenizer (False: perplexity then means little)."""
-    from workbench.check import load_tokenizer
+    from workbench.runtime import load_tokenizer
     from workbench.evaltext import EVAL_TEXT
 
     try:

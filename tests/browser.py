@@ -1,6 +1,6 @@
 """A real JupyterLab in headless Chromium: open a notebook, run it, take screenshots.
 
-    python -m workbench.browser notebooks/01_build.ipynb --out shot.png [--wait-for .ewb-builder]
+    python tests/browser.py notebooks/01_build.ipynb --out shot.png [--wait-for .ewb-builder]
 
 Starts `jupyter lab` on 127.0.0.1 with a token and a temporary runtime folder, drives
 Debian's /usr/bin/chromium through Playwright's Python package (no browser

@@ -114,7 +114,7 @@ def compare_paths(source, recipe: Any = "dynamic_int8", prefill: Sequence[int] =
     """Converts `source` (a Mapping or a Hugging Face folder) both ways with the same recipe
     and lengths, and measures the two files side by side. `jobs`, if given, receives each
     Job as it starts (to cancel it from elsewhere). `kv=None` takes convert's default."""
-    from workbench.check import SignatureModel
+    from workbench.runtime import SignatureModel
 
     rows = []
     for i, path in enumerate(PATHS):
