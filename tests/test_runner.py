@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +142,39 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(converted):
     c = r.generate("Once upon a time", 8, sampling="top_p", top_p=0.95, temperature=1.5, seed=4).ids
     assert a == b and a != c
     assert r.generate("Once upon a time", 8, sampling="top_k", top_k=1, seed=9).ids == greedy
+
+
+@pytest.mark.parametrize("style", ["reauthored", "export_hf"])
+def test_the_xnnpack_weight_cache_gives_the_same_logits_and_is_removed_on_close(style, converted):
+    """weight_cache=True (the default) gives XNNPACK a cache file in a private temp folder of
+    this process's, not beside the model; the logits equal those without it, bit for bit; the
+    folder is gone on close(), and when an unclosed model is collected."""
+    import gc
+    import tempfile
+
+    import numpy as np
+
+    from workbench.runtime import SignatureModel
+
+    path = converted[style]
+    beside = sorted(os.listdir(path.parent))
+    plain, cached = SignatureModel(path, weight_cache=False), SignatureModel(path)
+    assert plain.weight_cache is None
+    folder = cached.weight_cache.parent
+    assert cached.weight_cache.stat().st_size > 0 and folder.parent == Path(tempfile.gettempdir())
+    assert folder.name.startswith(f"ewb-xnn-{os.getpid()}-") and (folder.stat().st_mode & 0o777) == 0o700
+    ids = [1 + (7 * i) % 50 for i in range(plain.prefills[-1])]
+    got = []
+    for sm in (plain, cached):
+        sm.prefill(ids)
+        got.append([sm.decode(t, len(ids) + i) for i, t in enumerate([5, 9, 11])])
+    assert all(np.array_equal(a, b) for a, b in zip(*got)) and np.abs(got[0][0]).max() > 0
+    cached.close()
+    plain.close()
+    assert not folder.exists() and sorted(os.listdir(path.parent)) == beside
+    dropped = SignatureModel(path).weight_cache.parent
+    gc.collect()
+    assert not dropped.exists()
 
 
 def test_generation_stops_at_eos_and_on_request(converted):

@@ -15,7 +15,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from workbench.convert import PATHS, convert
+from workbench.convert import convert
+from workbench.convert_settings import PATHS
 
 LABELS = {"reauthored": "re-authored (workbench)", "export_hf": "direct export (export_hf)"}
 COLUMNS = (("size_bytes", "size", "MiB", 2**20), ("seconds", "conversion", "s", 1),

@@ -24,21 +24,16 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 from workbench import tempdirs
 from workbench._io import digest
-from workbench.errors import WorkbenchError
+# the settings' names, re-exported: `from workbench.convert import convert, ConvertSettings, ...` keeps working
+from workbench.convert_settings import (DEFAULT_KV_LAYOUT, KV_LAYOUTS, PATHS, ConversionError,  # noqa: F401
+                                       ConvertSettings, default_kv)
 from workbench.recipe import Recipe
 
 STAGES = ("build", "load weights", "export", "lower", "quantize", "write", "check")
-PATHS = ("reauthored", "export_hf")
-# KV cache layouts of the re-authored path (litert-torch's kv_cache.KV_LAYOUT_*): "default"
-# (litert-torch's) K = V = [1, kv, heads, dim]; "transposed" K [1, heads, kv, dim], V [1, heads,
-# dim, kv], as litert-torch's direct export (export_hf) always lays it out. Transposed is ours:
-# decode ran 14-26% faster with it at 111M int8, 3% at 1.1B (benchmarks/run_speed.py; README).
-KV_LAYOUTS = ("default", "transposed")
-DEFAULT_KV_LAYOUT = "transposed"
 # litert-torch's quantize names -> what litert-torch's direct export (export_hf) takes: an
 # ai-edge-quantizer recipe name, or a recipe of rules (written to a JSON file for it).
 EXPORT_HF_RECIPES: dict[str, Any] = {
@@ -56,15 +51,6 @@ EXPORT_HF_RECIPES: dict[str, Any] = {
                                              "compute_precision": "INTEGER", "explicit_dequantize": False,
                                              "skip_checks": False, "min_weight_elements": 0}}],
 }
-
-
-class ConversionError(WorkbenchError):
-    """A conversion that was refused, failed, was killed or was cancelled."""
-
-    def __init__(self, message: str, hint: str = "", *, stage: str = "", signal_name: str = "",
-                 log_tail: str = "", peak_rss_bytes: int = 0) -> None:
-        super().__init__(message, hint)
-        self.stage, self.signal_name, self.log_tail, self.peak_rss_bytes = stage, signal_name, log_tail, peak_rss_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +337,7 @@ class Job:
             "quant_error": done.get("quant_error"),
             "stage_memory": done.get("stage_memory"),  # stage -> {rss_end_bytes, peak_bytes} of the child
             "tokenizer_digest": tokenizer_digest(Path(spec["checkpoint"])),
+            "settings": spec.get("settings"),  # ConvertSettings, resolved: a re-run starts from them
             **spec.get("manifest_extra", {}),
         }
         mp = Path(spec["manifest_partial"])
@@ -381,12 +368,6 @@ class Job:
 # also held above 1.5 GB + 1.8 W (#23: stage-by-stage figures in the README).
 _PEAK_FIT = {"reauthored": (2.7e9, 0.82), "export_hf": (2.5e9, 2.81)}
 _CHECK_FIT = (1.5e9, 1.8)
-
-
-def default_kv(bp) -> int:
-    """The KV cache length a conversion takes when none is given: 1024 positions, or the
-    model's max_seq_len when it holds fewer."""
-    return min(1024, bp.max_seq_len)
 
 
 def estimate_peak_bytes(bp, path: str = "reauthored", analyze: bool = False) -> int:
@@ -425,80 +406,61 @@ def _export_hf_recipe(r: Recipe, folder: Path) -> Any:
     return EXPORT_HF_RECIPES[r.name]
 
 
-def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", prefill: Sequence[int] = (8,),
-            kv: int = 1024, out: Union[str, Path] = "out", name: Optional[str] = None,
-            progress: Optional[Callable] = None, threads: Optional[int] = None, check_steps: int = 6,
-            analyze: Optional[bool] = None, manifest_extra: Optional[dict] = None,
-            path: str = "reauthored", low_memory: Optional[bool] = None,
-            kv_layout: Optional[str] = None) -> Job:
+def mapping_for(source, verb: str = "convert", error: type = ConversionError):
+    """The Mapping a conversion or sweep works on: a Mapping as given, or the proposed one for a
+    Hugging Face folder or Hub id (org/name[@rev])."""
+    from workbench.blueprint import Blueprint
+    from workbench.hub import resolve as resolve_hub
+    from workbench.mapping import Mapping
+
+    if isinstance(source, Mapping):
+        return source
+    if not isinstance(source, (str, Path)):
+        raise error(f"cannot {verb} a {type(source).__name__}",
+                    hint="pass a Mapping (blueprint + checkpoint) or a Hugging Face folder")
+    folder = resolve_hub(source)
+    if not (Path(folder) / "config.json").is_file():
+        raise error(f"{source} is not a Hugging Face model folder (no config.json)",
+                    hint="give the folder with config.json and the safetensors, or a project")
+    return Mapping.propose(Blueprint.from_hf(folder), folder)
+
+
+def convert(source, settings: Union[ConvertSettings, str, dict, Path, Recipe, None] = None, *,
+            out: Union[str, Path] = "out", name: Optional[str] = None, progress: Optional[Callable] = None,
+            manifest_extra: Optional[dict] = None, **changes: Any) -> Job:
     """Starts a conversion in a child process and returns its Job at once.
 
     `source`: a Mapping (its Blueprint rides along), or a Hugging Face folder (the
-    proposed mapping is used). Everything that can be refused is refused here, before
-    the child starts: a mapping with problems, prefill longer than kv, a kv the model
-    cannot hold, an unknown recipe or a per-layer recipe naming missing layers, an
-    output folder that cannot be written. `manifest_extra`: more fields for the
-    manifest (a project records what the result was computed from there).
+    proposed mapping is used). `settings`: a `ConvertSettings` (or just a recipe); keyword
+    `changes` set its fields (`recipe=`, `prefill=`, `kv=`, `path=`, `kv_layout=`, `threads=`,
+    `check_steps=`, `analyze=`, `low_memory=`: see `workbench.convert_settings`). Everything
+    that can be refused is refused here, before the child starts: a mapping with problems,
+    prefill longer than kv, a kv the model cannot hold, an unknown recipe or a per-layer recipe
+    naming missing layers, an output folder that cannot be written. `manifest_extra`: more
+    fields for the manifest (a project records what the result was computed from there).
 
-    `low_memory` (default): weights lowered as zero-copy constants, the float model written
-    straight to a file, the PyTorch weights freed, then ai-edge-quantizer from file to file.
-    False quantizes inside litert-torch's converter instead (more memory, no faster).
-
-    `path="export_hf"` converts the same Hugging Face folder with litert-torch's direct
+    The low-memory route (default): weights lowered as zero-copy constants, the float model
+    written straight to a file, the PyTorch weights freed, then ai-edge-quantizer from file to
+    file. `path="export_hf"` converts the same Hugging Face folder with litert-torch's direct
     export instead (no re-authoring; one recipe name for the whole model), in the same job
-    machinery, with the same check and manifest.
-
-    `kv_layout` (re-authored path only): the KV cache layout, "default" or "transposed" (K
-    [1, heads, kv, dim], V [1, heads, dim, kv], as export_hf's); None takes DEFAULT_KV_LAYOUT.
+    machinery, with the same check and manifest. The manifest records the resolved settings
+    (`ConvertSettings.from_manifest` gives them back for a re-run).
     """
-    from workbench.blueprint import Blueprint
-    from workbench.mapping import Mapping
-
-    if isinstance(source, (str, Path)):
-        bp = Blueprint.from_hf(source)
-        mapping = Mapping.propose(bp, source)
-    elif isinstance(source, Mapping):
-        mapping = source
-    else:
-        raise ConversionError(f"cannot convert a {type(source).__name__}",
-                              hint="pass a Mapping (blueprint + checkpoint) or a Hugging Face folder")
+    mapping = mapping_for(source)
     bp = mapping.blueprint
-    if path not in PATHS:
-        raise ConversionError(f"unknown conversion path {path!r}", hint=f"choose one of {', '.join(PATHS)}")
-    if kv_layout is not None and path == "export_hf":
-        raise ConversionError(f"kv_layout={kv_layout!r} applies to the re-authored path only",
-                              hint="leave kv_layout unset with path='export_hf': litert-torch's direct export "
-                                   "always lays the cache out transposed (K [1, heads, kv, dim], V [1, heads, dim, kv])")
-    if kv_layout is not None and kv_layout not in KV_LAYOUTS:
-        raise ConversionError(f"unknown kv_layout {kv_layout!r}", hint=f"choose one of {', '.join(KV_LAYOUTS)}")
-    alibi = any(bp.layer_spec(i).alibi for i in range(bp.num_layers))
-    if kv_layout == "transposed" and alibi and path == "reauthored":
-        raise ConversionError("litert-torch 0.10's transposed KV cache cannot carry ALiBi biases (Falcon-RW): its "
-                              "export fails on a shape mismatch", hint="use kv_layout='default' for this model")
-    # litert-torch's transposed attention has no ALiBi path: such models keep the default layout
-    kv_layout = "transposed" if path == "export_hf" else (kv_layout or ("default" if alibi else DEFAULT_KV_LAYOUT))
-    problems = mapping.problems() + [f"{n}: unused" for n in mapping.unused()] if path == "reauthored" else []
-    if problems:
-        raise ConversionError("the mapping has problems; converting would bake them in:\n"
-                              + "\n".join(f"  - {p}" for p in problems[:20]),
-                              hint="fix the mapping first (m.problems() lists them)").with_cli(
-            "see them with edge-workbench map, fix the mapping file and pass it with --mapping FILE")
-    bp._raise_problems()
-    kv = default_kv(bp) if kv is None else int(kv)
-    if kv < 2 or kv > bp.max_seq_len:
-        raise ConversionError(f"kv {kv}: the KV cache must hold between 2 and the model's max_seq_len "
-                              f"({bp.max_seq_len}) tokens", hint=f"use kv between 2 and {bp.max_seq_len}"
-                              ).with_cli(f"give --kv between 2 and {bp.max_seq_len} (default {default_kv(bp)})")
-    prefill = sorted({int(p) for p in ([prefill] if isinstance(prefill, int) else prefill)})
-    if not prefill or prefill[0] < 1:
-        raise ConversionError(f"prefill lengths {prefill} must be positive", hint="e.g. prefill=[8, 64]").with_cli(
-            "e.g. --prefill 8,64")
-    if prefill[-1] > kv:
-        raise ConversionError(f"prefill length {prefill[-1]} is longer than the KV cache ({kv})",
-                              hint=f"use prefill lengths <= kv, or raise kv to at least {prefill[-1]}").with_cli(
-            f"give --prefill lengths <= {kv}, or --kv {prefill[-1]} or more")
-    r = Recipe.parse(recipe)
-    r.validate(bp)
+    if settings is None or isinstance(settings, ConvertSettings):
+        settings = (settings or ConvertSettings()).replace(**changes)
+    else:
+        settings = ConvertSettings(recipe=settings, **changes)
+    if settings.path == "reauthored":
+        problems = mapping.problems() + [f"{n}: unused" for n in mapping.unused()]
+        if problems:
+            raise ConversionError("the mapping has problems; converting would bake them in:\n"
+                                  + "\n".join(f"  - {p}" for p in problems[:20]),
+                                  hint="fix the mapping first (m.problems() lists them)").with_cli(
+                "see them with edge-workbench map, fix the mapping file and pass it with --mapping FILE")
+    s = settings.resolve(bp)
+    r, prefill, kv, path = s.recipe, list(s.prefill), s.kv, s.path
     export_recipe = None
     if path == "export_hf":
         export_recipe = _export_hf_recipe(r, Path(mapping.checkpoint.root))
@@ -511,31 +473,26 @@ def convert(source, recipe: Union[str, dict, Path, Recipe] = "dynamic_int8", pre
     except OSError as e:
         raise ConversionError(f"cannot write to the output folder {str(out)!r}: {e.strerror or e}",
                               hint="choose a folder you can write to") from None
-    label = r.name if r.name != "mixed" else f"mixed-{digest(r.to_json())[:6]}"
     suffix = "_export_hf" if path == "export_hf" else ""
-    name = name or f"{(bp.name or bp.family).replace('/', '_')}_{label}_kv{kv}{suffix}"
+    name = name or f"{(bp.name or bp.family).replace('/', '_')}_{s.recipe_label}_kv{kv}{suffix}"
     final = out / f"{name}.tflite"
     workdir = tempdirs.make("job", name)
     mapping_path = mapping.save(workdir / "mapping.json")
-    analyze_flag = (analyze if analyze is not None else bp.summary().params < 300_000_000) and r.name != "none" \
-        and path == "reauthored"
     spec = {
         "name": name, "recipe": r.to_json(), "prefill": prefill, "kv": kv, "path": str(final.resolve()),
         "partial": str((out / f".{name}.tflite.partial-{uuid.uuid4().hex[:8]}").resolve()),
         "manifest_partial": str((out / f".{name}.json.partial-{uuid.uuid4().hex[:8]}").resolve()),
         "mapping": str(mapping_path), "checkpoint": str(Path(mapping.checkpoint.root).resolve()),
-        "threads": threads or os.cpu_count() or 1, "check_steps": check_steps,
-        # ai-edge-quantizer's validate keeps every tensor: measured by default up to 300M parameters
-        "analyze": analyze_flag,
+        "threads": s.threads or os.cpu_count() or 1, "check_steps": s.check_steps,
+        "analyze": s.analyze, "settings": s.to_json(),
         "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": digest(mapping.to_json()["tensor_names"]),
         "estimated_bytes": r.estimate_bytes(bp, kv),
-        "estimated_peak_bytes": estimate_peak_bytes(bp, path, bool(analyze_flag)),
+        "estimated_peak_bytes": estimate_peak_bytes(bp, path, s.analyze),
         "schemes": {"embedding": r.scheme_of("embedding"),
                     "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
                                 "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},
         "manifest_extra": manifest_extra or {},
-        "path_kind": path, "export_recipe": export_recipe, "kv_layout": kv_layout,
-        "low_memory": low_memory if low_memory is not None else True,
+        "path_kind": path, "export_recipe": export_recipe, "kv_layout": s.kv_layout, "low_memory": s.low_memory,
         "staging": str((out / f".{name}.staging.partial-{uuid.uuid4().hex[:8]}").resolve()),
     }
     (workdir / "spec.json").write_text(json.dumps(spec, indent=1))

@@ -297,9 +297,21 @@ def run(spec: dict) -> dict:
     bp = m.blueprint
     kv = spec["kv"]
     recipe = Recipe.parse(spec["recipe"])
-    emit("stage", stage="load weights", detail=f"{len(m.checkpoint.tensors)} tensors")
-    model = m.load(kv_cache_length=kv,
+    analyze = recipe.name != "none" and spec.get("analyze", True)
+    low_memory = bool(spec.get("low_memory")) and not analyze
+    # The low-memory route keeps the float32 weights in a scratch file in the job's temp folder
+    # (file-backed pages the kernel can reclaim; unlinked at once, so nothing is left behind).
+    scratch = Path(spec["_workdir"]) / "weights.scratch" if low_memory and spec.get("_workdir") else None
+    emit("stage", stage="load weights", detail=f"{len(m.checkpoint.tensors)} tensors"
+         + (" into a scratch file" if scratch else ""))
+    model = m.load(kv_cache_length=kv, scratch=scratch,
                    progress=lambda st, d, t, detail="": emit("progress", stage="load weights", done=d, total=t))
+    reference = None
+    if spec.get("check_steps", 6) > 0:
+        # The check's re-authored side, now, while the model is in memory: it is never reloaded.
+        emit("stage", stage="check: re-authored model", detail="our logits on the check prompt")
+        reference = checks.reference(model, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
+                                     steps=spec["check_steps"])
     conv = converter_utils.Converter()
     export_config = converter.ExportConfig()
     if spec.get("kv_layout", "default") == "transposed":
@@ -307,8 +319,6 @@ def run(spec: dict) -> dict:
 
         export_config.kvcache_layout = kv_utils.KV_LAYOUT_TRANSPOSED
     converter._add_signatures(conv, model, list(spec["prefill"]), kv, None, 0, model.config, [None], export_config)
-    analyze = recipe.name != "none" and spec.get("analyze", True)
-    low_memory = bool(spec.get("low_memory")) and not analyze
     quant_config = None
     if recipe.name != "none" and not analyze and not low_memory:
         # Quantize in memory inside litert-torch's converter, as its own recipes would, but
@@ -342,8 +352,7 @@ def run(spec: dict) -> dict:
 
         for prm in model.parameters():  # the converter is gone: nothing else holds the float weights
             prm.data = torch.empty(0)
-        # the check reloads them (mmapped, one tensor at a time) after transformers' model is gone
-        model = lambda: m.load(kv_cache_length=kv)  # noqa: E731
+        model = None
         gc.collect()
         checks.trim_heap()
         emit("stage", stage="quantize", detail=recipe.describe() + " (ai-edge-quantizer, file to file)")
@@ -378,14 +387,13 @@ def run(spec: dict) -> dict:
         partial.write_bytes(bytes(quantized))
         del quantized, qt
     emit("stage", stage="check", detail="ai-edge-litert: prefill then decode, against PyTorch and transformers")
-    if spec.get("check_steps", 6) > 0:
-        if callable(model) and not isinstance(model, torch.nn.Module):
-            reload = model
+    if reference is not None:
+        del model  # the check needs only the reference computed after loading
+        import gc
 
-            def model():  # the check's second half, measured apart: our model reloaded, transformers' gone
-                _MEM.enter("check: re-authored model")
-                return reload()
-        result = checks.check_tflite(partial, model, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
+        gc.collect()
+        checks.trim_heap()
+        result = checks.check_tflite(partial, reference, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
                                      steps=spec["check_steps"])
     else:
         result = {"skipped": True}
@@ -413,6 +421,7 @@ def main(argv: list[str]) -> int:
             return 0
         argv = [line]
     spec = json.loads(Path(argv[0]).read_text())
+    spec.setdefault("_workdir", str(Path(argv[0]).resolve().parent))  # the job's temp folder
     t0 = time.time()
     try:
         out = run(spec)

@@ -104,6 +104,7 @@ class LiteRtLm:
         self._log = open(self._log_path, "w+b")
         self._lock = threading.Lock()
         self._busy = False
+        self._generation = 0  # numbers each generate request, so a cancel names the one it stops
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workbench.litert_lm"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -205,10 +206,11 @@ class LiteRtLm:
         """Yields text pieces as LiteRT-LM streams them, then one dict: `text`, `bench` (its
         BenchmarkInfo: ttft, prefill/decode tokens and tok/s), `error` (LiteRT-LM's reason when
         it stopped early, else null), `cancelled`, `peak_rss_bytes` (the child's)."""
-        msg = {"op": "generate", "prompt": prompt, "max_new": int(max_new_tokens),
+        msg = {"op": "generate", "id": self._generation + 1, "prompt": prompt, "max_new": int(max_new_tokens),
                "sampler": {"top_k": int(top_k), "top_p": float(top_p), "temperature": float(temperature),
                            "seed": int(seed)}}
         with self._lock:
+            self._generation = msg["id"]
             self._busy = True
             since = self._log_size()
             try:
@@ -239,10 +241,12 @@ class LiteRtLm:
         return done
 
     def cancel(self) -> None:
-        """Stops a running generation after its current token (from another thread)."""
+        """Stops a running generation after its current token (from another thread); one that
+        was asked for but has not started yet (its request still queued in the child) does not
+        start decoding."""
         if self._busy and self.proc.poll() is None:
             try:
-                self.proc.stdin.write(json.dumps({"op": "cancel"}) + "\n")
+                self.proc.stdin.write(json.dumps({"op": "cancel", "id": self._generation}) + "\n")
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError, ValueError):
                 pass
@@ -298,7 +302,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
     import psutil
 
     me = psutil.Process()
-    state: dict[str, Any] = {"engine": None, "session": None, "peak": 0}
+    state: dict[str, Any] = {"engine": None, "session": None, "peak": 0, "generation": None, "cancel": None}
     lines: "queue.Queue[Optional[dict]]" = queue.Queue()
 
     def say(**kw) -> None:
@@ -308,10 +312,10 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
         for line in sys.stdin:
             msg = json.loads(line)
             if msg.get("op") == "cancel":
+                state["cancel"] = msg.get("id")  # remembered: the generation may not have started yet
                 s = state["session"]
-                if s is not None:
-                    state["cancelled"] = True  # its async decode ends quietly on CANCELLED
-                    s.cancel_process()
+                if s is not None and state["generation"] == msg.get("id"):
+                    s.cancel_process()  # its async decode ends quietly on CANCELLED
             else:
                 lines.put(msg)
         lines.put(None)
@@ -340,13 +344,13 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
                                        sampler_config=litert_lm.SamplerConfig(
                                            top_k=sc["top_k"], top_p=sc["top_p"], temperature=sc["temperature"],
                                            seed=sc["seed"]))
-                state["cancelled"] = False
-                state["session"] = s
+                state["generation"], state["session"] = msg.get("id"), s
+                stopped_early = state["cancel"] == state["generation"]  # a stop that came before the session
                 text, error, cancelled = "", None, False
                 peak = me.memory_info().rss
                 try:
-                    s.run_prefill([msg["prompt"]])
-                    for n, r in enumerate(s.run_decode_async()):
+                    s.run_prefill([msg["prompt"]])  # (a session that never prefilled hangs in LiteRT-LM's teardown)
+                    for n, r in enumerate([] if stopped_early else s.run_decode_async()):
                         piece = "".join(r.texts)
                         text += piece
                         say(piece=piece)
@@ -356,7 +360,7 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
                     error = str(e)
                     cancelled = "CANCELLED" in error
                 state["session"] = None
-                cancelled = cancelled or state["cancelled"]
+                cancelled = cancelled or state["cancel"] == state["generation"]
                 peak = max(peak, me.memory_info().rss)
                 try:
                     bench = _bench(s.get_benchmark_info())

@@ -147,6 +147,40 @@ class Entry:
                 "dtype": self.dtype, "status": self.status, "hint": self.hint}
 
 
+class _Scratch:
+    """A file-backed arena for a model's weights (see `Mapping.load(scratch=...)`): sized for
+    every tensor, mapped shared, unlinked at once; `put` copies a tensor in (converting its
+    dtype) and returns the view that stays in the model."""
+
+    ALIGN = 64
+
+    def __init__(self, path: str | Path, like: list) -> None:
+        import mmap
+        import os
+
+        sizes = [t.numel() * t.element_size() for t in like]
+        total = sum(-(-n // self.ALIGN) * self.ALIGN for n in sizes) or self.ALIGN
+        path = Path(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.unlink(path)
+            os.ftruncate(fd, total)
+            self._map = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.nbytes = total
+        self._at = 0
+
+    def put(self, tensor, dtype):
+        import torch
+
+        n = tensor.numel() * torch.empty((), dtype=dtype).element_size()
+        out = torch.frombuffer(self._map, dtype=dtype, count=tensor.numel(), offset=self._at).view(tensor.shape)
+        out.copy_(tensor)
+        self._at += -(-n // self.ALIGN) * self.ALIGN
+        return out
+
+
 def _one(name: Optional[str]) -> tuple[str, ...]:
     return (name,) if name else ()
 
@@ -514,13 +548,21 @@ class Mapping:
 
     # ---- loading ------------------------------------------------------------------
     def load(self, model=None, *, progress: Optional[Progress] = None, allow_unused: bool = False,
-             kv_cache_length: Optional[int] = None):
+             kv_cache_length: Optional[int] = None, scratch: str | Path | None = None):
         """Fills the model's weights from the checkpoint, strictly, and returns the model.
 
         With no model, builds one on the meta device first, so each weight is
         allocated once, as it is read. Refuses (MappingError naming every tensor)
         when any target is missing, mismatched or doubly used, or when source tensors
         would be left unused (allow_unused=True to accept that).
+
+        With `scratch` (a path in a folder of the caller's, e.g. a job's temp folder), the
+        float32 weights live in that file instead of RAM: it is created, mapped shared and
+        unlinked at once (nothing is left behind, even if the process is killed), then filled
+        tensor by tensor (bf16 widened straight into it). Its pages are file-backed: the
+        kernel can write them back and drop them under memory pressure, where weights in RAM
+        (anonymous memory) could only be swapped or killed. The tensors are views of the
+        mapping, valid while the model lives.
         """
         import torch
         from torch import nn
@@ -538,9 +580,14 @@ class Mapping:
             model = self.blueprint.build(kv_cache_length, meta=True)
         entries = [e for e in self.table() if e.target and e.status != "tied"]
         modules = dict(model.named_modules())
+        store = _Scratch(scratch, [getattr(modules[e.target.rsplit(".", 1)[0]], e.target.rsplit(".", 1)[1])
+                                   for e in entries]) if scratch is not None else None
         for i, e in enumerate(entries):
             report(progress, "load weights", i, len(entries), e.target)
-            parts = [self.checkpoint.get(s) for s in e.sources]
+            if store is not None:  # read in the file's own dtype: widened once, into the scratch file
+                parts = [self.checkpoint.get(s, dtype=self.checkpoint.tensors[s].dtype) for s in e.sources]
+            else:
+                parts = [self.checkpoint.get(s) for s in e.sources]
             parts = [p.T.contiguous() if k in self.transposed else p for p, k in zip(parts, e.keys)]
             tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
             if e.keys[0] in self.grouped:
@@ -552,7 +599,10 @@ class Mapping:
             if tuple(tensor.shape) != tuple(old.shape):
                 raise MappingError(f"{e.source} gives shape {tuple(tensor.shape)} for {e.target}, "
                                    f"which has {tuple(old.shape)}", hint="re-check the mapping table")
+            if store is not None:
+                tensor = store.put(tensor, old.dtype)
             setattr(module, pname, nn.Parameter(tensor, requires_grad=False))
+            del tensor, parts
         if self.blueprint.tie_embeddings:
             model.lm_head.weight = model.tok_embedding.weight
         left = [n for n, p in model.named_parameters() if p.is_meta]

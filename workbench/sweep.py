@@ -80,7 +80,7 @@ def plan(recipes: Union[Sequence, dict], bp, paths: Sequence[str] = ("reauthored
     """The sweep's rows from what a user names: litert-torch scheme names, preset names
     (`PRESETS`), recipe dicts or `Recipe`s, or a dict label -> any of those; each on every
     path in `paths`. A label with "@export_hf" takes that path alone."""
-    from workbench.convert import PATHS
+    from workbench.convert_settings import PATHS
     from workbench.recipe import SCHEMES, Recipe
 
     bad = [p for p in paths if p not in PATHS]
@@ -643,31 +643,17 @@ def prepare(source, recipes: Union[Sequence, dict], *, paths: Sequence[str] = ("
 
     if engine not in ENGINES:
         raise SweepError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
-    from workbench.blueprint import Blueprint
-    from workbench.convert import ConversionError, estimate_peak_bytes
-    from workbench.hub import resolve as resolve_hub
-    from workbench.mapping import Mapping
+    from workbench.convert import estimate_peak_bytes, mapping_for
+    from workbench.convert_settings import ConvertSettings
 
-    if isinstance(source, (str, Path)):
-        source = resolve_hub(source)  # a folder, or a Hub id (org/name[@rev])
-        if not (Path(source) / "config.json").is_file():
-            raise SweepError(f"{source} is not a Hugging Face model folder (no config.json)",
-                             hint="give the folder with config.json and the safetensors, or a project")
-        bp = Blueprint.from_hf(source)
-        mapping = Mapping.propose(bp, source)
-    elif isinstance(source, Mapping):
-        mapping = source
-    else:
-        raise SweepError(f"cannot sweep a {type(source).__name__}", hint="pass a Mapping or a Hugging Face folder")
+    mapping = mapping_for(source, "sweep", SweepError)
     bp = mapping.blueprint
     problems = mapping.problems()
     if problems:
         raise SweepError("the mapping has problems; every recipe would fail:\n" +
                          "\n".join(f"  - {p}" for p in problems[:10]), hint="fix the mapping first")
-    prefill = sorted({int(p) for p in ([prefill] if isinstance(prefill, int) else prefill)})
-    if not prefill or prefill[-1] > kv or kv > bp.max_seq_len:
-        raise ConversionError(f"prefill {prefill} and kv {kv} do not fit (prefill <= kv <= "
-                              f"max_seq_len {bp.max_seq_len})", hint="e.g. prefill=[8], kv=64")
+    fit = ConvertSettings(recipe="none", prefill=prefill, kv=kv).resolve(bp)  # the same refusals as convert()
+    prefill, kv = list(fit.prefill), fit.kv
     items = plan(recipes, bp, paths)
     out = Path(out).resolve()
     try:

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-_OWNED = re.compile(r"^ewb-(?:job|explore|warm)-(\d+)-")
+_OWNED = re.compile(r"^ewb-(?:job|explore|warm|xnn)-(\d+)-")
 _swept = False
 _lock = threading.Lock()
 
