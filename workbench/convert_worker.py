@@ -271,6 +271,8 @@ def _peak_rss() -> int:
 
 
 def run(spec: dict) -> dict:
+    import gc
+
     if spec.get("path_kind") == "export_hf":
         return run_export_hf(spec)
     from workbench._quiet import import_stack
@@ -346,7 +348,6 @@ def run(spec: dict) -> dict:
     edge.export(str(float_file))
     del edge, conv
     if low_memory and recipe.name != "none":
-        import gc
 
         from ai_edge_quantizer import quantizer
 
@@ -389,8 +390,6 @@ def run(spec: dict) -> dict:
     emit("stage", stage="check", detail="ai-edge-litert: prefill then decode, against PyTorch and transformers")
     if reference is not None:
         del model  # the check needs only the reference computed after loading
-        import gc
-
         gc.collect()
         checks.trim_heap()
         result = checks.check_tflite(partial, reference, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
