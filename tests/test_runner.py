@@ -22,7 +22,8 @@ def converted(llama_project, tmp_path_factory):
     """The llama sample in fp32 three ways: the project's re-authored file (kv 32, the default
     KV cache layout), re-authored with the other layout (kv 64, checked) and a direct export
     (kv 64)."""
-    from workbench.convert import DEFAULT_KV_LAYOUT, KV_LAYOUTS, convert
+    from workbench.convert import convert
+    from workbench.convert_settings import DEFAULT_KV_LAYOUT, KV_LAYOUTS
 
     out = tmp_path_factory.mktemp("runner")
     other = next(lay for lay in KV_LAYOUTS if lay != DEFAULT_KV_LAYOUT)

@@ -28,9 +28,8 @@ from typing import Any, Callable, Optional, Union
 
 from workbench import tempdirs
 from workbench._io import digest
-# the settings' names, re-exported: `from workbench.convert import convert, ConvertSettings, ...` keeps working
-from workbench.convert_settings import (DEFAULT_KV_LAYOUT, KV_LAYOUTS, PATHS, ConversionError,  # noqa: F401
-                                       ConvertSettings, default_kv)
+# what convert() raises and takes, importable beside it
+from workbench.convert_settings import ConversionError, ConvertSettings
 from workbench.recipe import Recipe
 
 STAGES = ("build", "load weights", "export", "lower", "quantize", "write", "check")
