@@ -3,7 +3,7 @@ decoded and timed by `litert-lm-api` (`litert_lm.Engine`, its sessions and `Benc
 
     with LiteRtLm("out/model.litertlm", threads=2) as lm:
         g = lm.generate("Once upon a time", max_new_tokens=16)     # {"text", "bench", "error", ...}
-        lm.detokenize([128, 9, 414])
+        lm.detokenize([451, 13, 460])                               # ".\nT"
 
 The runtime is native code: a bundle it cannot read may crash it. So it runs in a child
 process (`python -m workbench.litert_lm`), one per LiteRtLm, spoken to in JSON lines over its
@@ -12,6 +12,14 @@ read from it (its Python API only says "run_prefill failed"). A crash is a LiteR
 naming the signal and that reason, never a dead kernel. The XNNPACK weight cache LiteRT-LM
 writes on first load (about the model's size) goes to a temporary folder, removed on close,
 never beside the bundle.
+
+Stop (`cancel`, from another thread) is LiteRT-LM's `Session.cancel_process`, with two of its
+ways handled here (0.18.1): a cancel during prefill ends the prefill task, yet `run_prefill`
+returns as if it had finished, and a decode started after it never answers, not even with a
+final chunk (the decode task inherits the cancelled state, which its C API's stream callback
+does not report); and a cancel before the decode task is queued does nothing. So the child
+decodes only if no stop has come, and repeats a stop once decoding. Should the child still not
+end a stopped generation within STOP_TIMEOUT_S, it is replaced: a Stop always returns.
 
 LiteRT-LM returns text, not token ids: the ids of a generation are read back through its
 own tokenizer, and the bundle check compares the Runner's ids by detokenizing them in
@@ -29,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -36,6 +45,9 @@ from typing import Any, Iterator, Optional, Union
 from workbench.errors import WorkbenchError
 
 START_TIMEOUT_S = 120.0  # loading a 1.1B bundle and writing its weight cache takes ~10 s here
+# after a stop, the child must end the generation within this; if not, it is replaced by a new
+# one (the generation ends "stopped"), so a Stop always returns. It ends within a token here.
+STOP_TIMEOUT_S = 15.0
 # LiteRT-LM's streaming detokenizer stops on text that is not valid UTF-8
 UTF8_STOP = "Stable text shrunk"
 
@@ -102,29 +114,44 @@ class LiteRtLm:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._log_path = self._tmp / "litert_lm.log"
         self._log = open(self._log_path, "w+b")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one request at a time (RLock: a restart loads under it)
+        self._write = threading.Lock()  # a cancel (from another thread) and a request never interleave
         self._busy = False
         self._generation = 0  # numbers each generate request, so a cancel names the one it stops
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench.litert_lm"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, env=env, cwd=str(Path(__file__).resolve().parent.parent), text=True, bufsize=1)
-        self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._stop_at: Optional[float] = None  # when a cancel was sent for the running generation
+        self.proc: Optional[subprocess.Popen] = None
         try:
-            self.info = self._request({"op": "load", "model": str(self.path.resolve()), "threads": threads,
-                                       "cache_dir": str(self.cache_dir)}, timeout=timeout)
+            self._start(timeout)
         except BaseException:
             self.close()
             raise
         self.bos: Optional[int] = self.info.get("bos")
         self.eos: list[int] = [i for ids in self.info.get("eos", []) for i in ids]
 
+    def _start(self, timeout: float) -> None:
+        """Starts the child and loads the bundle in it."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench.litert_lm"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._log, env=env, cwd=str(Path(__file__).resolve().parent.parent), text=True, bufsize=1)
+        self._lines: "queue.Queue[Optional[str]]" = queue.Queue()  # this child's replies only
+        threading.Thread(target=self._pump, args=(self.proc, self._lines), daemon=True).start()
+        self.info = self._request({"op": "load", "model": str(self.path.resolve()), "threads": self.threads,
+                                   "cache_dir": str(self.cache_dir)}, timeout=timeout)
+
+    def _restart(self) -> None:
+        """Replaces a child that did not end a stopped generation in time (its weight cache is
+        kept, so the new one loads fast)."""
+        self.proc.kill()
+        self.proc.wait()
+        self._start(START_TIMEOUT_S)
+
     # ---- the child's pipe --------------------------------------------------------------
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
+    @staticmethod
+    def _pump(proc: subprocess.Popen, lines: "queue.Queue[Optional[str]]") -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
 
     def log(self, since: int = 0) -> str:
         """What LiteRT-LM logged (from byte `since`)."""
@@ -158,16 +185,28 @@ class LiteRtLm:
 
     def _send(self, msg: dict) -> None:
         try:
-            self.proc.stdin.write(json.dumps(msg) + "\n")
-            self.proc.stdin.flush()
+            with self._write:
+                self.proc.stdin.write(json.dumps(msg) + "\n")
+                self.proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             raise self._died(f"taking a request ({msg.get('op')}) for") from None
 
-    def _replies(self, doing: str, timeout: Optional[float] = None) -> Iterator[dict]:
+    def _replies(self, doing: str, timeout: Optional[float] = None, stoppable: bool = False) -> Iterator[dict]:
+        """The child's replies; with `stoppable`, a generation: once a cancel has been sent,
+        the child has STOP_TIMEOUT_S to end it, else it is replaced and the generation ends
+        as stopped (yields {"stop_timeout": True})."""
         while True:
             try:
-                line = self._lines.get(timeout=timeout)
+                if stoppable:
+                    line = self._lines.get(timeout=0.25)  # wakes to watch a stop's deadline
+                else:
+                    line = self._lines.get(timeout=timeout)
             except queue.Empty:
+                if stoppable:
+                    if self._stop_at is not None and time.monotonic() - self._stop_at > STOP_TIMEOUT_S:
+                        yield {"stop_timeout": True}
+                        return
+                    continue
                 self.close()
                 raise LiteRtLmError(f"LiteRT-LM did not answer within {timeout:.0f} s while {doing} "
                                     f"{self.path.name}", hint="try again with a smaller model or more memory") \
@@ -211,13 +250,22 @@ class LiteRtLm:
                            "seed": int(seed)}}
         with self._lock:
             self._generation = msg["id"]
+            self._stop_at = None
             self._busy = True
             since = self._log_size()
+            text = ""
             try:
                 self._send(msg)
-                for reply in self._replies("generating with"):
+                for reply in self._replies("generating with", stoppable=True):
                     if "piece" in reply:
+                        text += reply["piece"]
                         yield reply["piece"]
+                    elif "stop_timeout" in reply:
+                        self._restart()
+                        yield {"text": text, "bench": {}, "error": None, "cancelled": True, "peak_rss_bytes": 0,
+                               "restarted": f"LiteRT-LM did not end the generation within {STOP_TIMEOUT_S:.0f} s "
+                                            "of the stop: its process was replaced"}
+                        return
                     elif "error" in reply and "done" not in reply:
                         raise LiteRtLmError(f"LiteRT-LM failed to generate with {self.path.name}: "
                                             f"{self._why(reply['error'], since)}",
@@ -229,6 +277,7 @@ class LiteRtLm:
                         return
             finally:
                 self._busy = False
+                self._stop_at = None
 
     def generate(self, prompt: str, max_new_tokens: int, **sampler) -> dict:
         pieces, done = [], {}
@@ -243,11 +292,14 @@ class LiteRtLm:
     def cancel(self) -> None:
         """Stops a running generation after its current token (from another thread); one that
         was asked for but has not started yet (its request still queued in the child) does not
-        start decoding."""
+        start decoding. Bounded: a child that does not end it within STOP_TIMEOUT_S is replaced."""
         if self._busy and self.proc.poll() is None:
+            if self._stop_at is None:
+                self._stop_at = time.monotonic()
             try:
-                self.proc.stdin.write(json.dumps({"op": "cancel", "id": self._generation}) + "\n")
-                self.proc.stdin.flush()
+                with self._write:
+                    self.proc.stdin.write(json.dumps({"op": "cancel", "id": self._generation}) + "\n")
+                    self.proc.stdin.flush()
             except (BrokenPipeError, OSError, ValueError):
                 pass
 
@@ -304,18 +356,25 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
     me = psutil.Process()
     state: dict[str, Any] = {"engine": None, "session": None, "peak": 0, "generation": None, "cancel": None}
     lines: "queue.Queue[Optional[dict]]" = queue.Queue()
+    # cancel_process and a session's close never overlap (a cancel on a deleted session is a
+    # use-after-free), and a stop is recorded before it is acted on
+    guard = threading.Lock()
 
     def say(**kw) -> None:
         out.write(json.dumps(kw) + "\n")
+
+    def stopped() -> bool:
+        return state["cancel"] is not None and state["cancel"] == state["generation"]
 
     def read() -> None:  # cancel must reach a running generation: a reader beside it
         for line in sys.stdin:
             msg = json.loads(line)
             if msg.get("op") == "cancel":
-                state["cancel"] = msg.get("id")  # remembered: the generation may not have started yet
-                s = state["session"]
-                if s is not None and state["generation"] == msg.get("id"):
-                    s.cancel_process()  # its async decode ends quietly on CANCELLED
+                with guard:
+                    state["cancel"] = msg.get("id")  # remembered: the generation may not have started yet
+                    s = state["session"]
+                    if s is not None and stopped():
+                        s.cancel_process()  # ends its prefill, or its decode after the current token
             else:
                 lines.put(msg)
         lines.put(None)
@@ -344,23 +403,35 @@ def _child() -> None:  # pragma: no cover - runs in the child process (its behav
                                        sampler_config=litert_lm.SamplerConfig(
                                            top_k=sc["top_k"], top_p=sc["top_p"], temperature=sc["temperature"],
                                            seed=sc["seed"]))
-                state["generation"], state["session"] = msg.get("id"), s
-                stopped_early = state["cancel"] == state["generation"]  # a stop that came before the session
+                with guard:
+                    state["generation"], state["session"] = msg.get("id"), s
                 text, error, cancelled = "", None, False
                 peak = me.memory_info().rss
                 try:
                     s.run_prefill([msg["prompt"]])  # (a session that never prefilled hangs in LiteRT-LM's teardown)
-                    for n, r in enumerate([] if stopped_early else s.run_decode_async()):
-                        piece = "".join(r.texts)
-                        text += piece
-                        say(piece=piece)
-                        if n % 8 == 0:
-                            peak = max(peak, me.memory_info().rss)
+                    # A stop during the prefill cancels its task, yet run_prefill returns normally; a
+                    # decode after a cancelled prefill never answers (LiteRT-LM 0.18.1 sends no chunk for
+                    # a task whose dependency was cancelled): so no decode once a stop has come.
+                    if not stopped():
+                        asked = False
+                        for n, r in enumerate(s.run_decode_async()):
+                            piece = "".join(r.texts)
+                            text += piece
+                            say(piece=piece)
+                            if n % 8 == 0:
+                                peak = max(peak, me.memory_info().rss)
+                            if stopped() and not asked:
+                                # a stop that came between prefill and the decode task being queued was a
+                                # no-op in LiteRT-LM (nothing to cancel yet): ask again, now it is decoding
+                                asked = True
+                                with guard:
+                                    s.cancel_process()
                 except RuntimeError as e:
                     error = str(e)
                     cancelled = "CANCELLED" in error
-                state["session"] = None
-                cancelled = cancelled or state["cancel"] == state["generation"]
+                with guard:
+                    state["session"] = None
+                cancelled = cancelled or stopped()
                 peak = max(peak, me.memory_info().rss)
                 try:
                     bench = _bench(s.get_benchmark_info())

@@ -311,7 +311,7 @@ class Runner:
                    "top_k": dict(top_k=top_k, top_p=1.0, temperature=temperature),
                    "top_p": dict(top_k=self.vocab, top_p=top_p, temperature=temperature)}[sampling]
         self._stop.clear()
-        text, done = "", {}
+        text, done, asked = "", {}, False
         try:
             for item in self.lm.stream(prompt, max_new_tokens, seed=seed or 0, **sampler):
                 if isinstance(item, dict):
@@ -319,6 +319,9 @@ class Runner:
                 elif item:
                     text += item
                     yield item
+                if self._stop.is_set() and not asked:  # a stop() just before the request left found nothing to cancel
+                    asked = True
+                    self.lm.cancel()
             out = self._lm_ids(prompt, text)
         except LiteRtLmError as e:
             raise RunnerError(e.message, e.hint) from None
