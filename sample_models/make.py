@@ -2,8 +2,10 @@
 
 Each folder looks like a Hugging Face checkpoint a user could have downloaded
 (config.json, model.safetensors, generation_config.json, tokenizer files), but
-the weights are random (seeded) and the tokenizers are trained offline on
-corpus.txt, original prose written for this project. Nothing is downloaded.
+the tokenizers are trained offline on corpus.txt (original prose written for this
+project) and the weights, from a seeded random start, are trained briefly on the
+same corpus (CPU, deterministic ops), so that greedy text is words rather than
+byte soup. Nothing is downloaded.
 
     python sample_models/make.py [--out DIR] [--only NAME ...]
 
@@ -327,8 +329,48 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
-def build_model(sample: Sample, tok: PreTrainedTokenizerBase) -> torch.nn.Module:
-    """A randomly initialised, perturbed float32 model whose vocab matches `tok`."""
+TRAIN_STEPS = 400
+TRAIN_BATCH = 16
+TRAIN_LEN = 64  # tokens per training row, after the start token
+TRAIN_LR = 3e-3
+
+
+def train_(model: torch.nn.Module, tok: PreTrainedTokenizerBase, lines: list[str], seed: int,
+           steps: int = TRAIN_STEPS) -> float:
+    """Trains the model briefly on the corpus (next-token loss on random windows of it, each
+    after the start token, as prompts are); returns the last loss. Deterministic: a seeded
+    generator picks the windows, torch's deterministic algorithms on one CPU thread (a
+    float sum's order can depend on the thread count, and 400 steps would amplify it)."""
+    ids = tok("\n".join(lines), add_special_tokens=False)["input_ids"]
+    data = torch.tensor(ids, dtype=torch.long)
+    bos = special_ids(tok).get("bos_token_id")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 20) * (1 - step / steps))
+    was, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    model.train()
+    try:
+        for _ in range(steps):
+            starts = torch.randint(0, len(data) - TRAIN_LEN, (TRAIN_BATCH,), generator=gen)
+            batch = torch.stack([data[i : i + TRAIN_LEN] for i in starts.tolist()])
+            if bos is not None:
+                batch = torch.cat([torch.full((TRAIN_BATCH, 1), bos, dtype=torch.long), batch], dim=1)
+            loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        torch.use_deterministic_algorithms(was)
+        torch.set_num_threads(threads)
+        model.eval()
+    return loss.item()
+
+
+def build_model(sample: Sample, tok: PreTrainedTokenizerBase, lines: list[str] | None = None) -> torch.nn.Module:
+    """A perturbed float32 model whose vocab matches `tok`, trained briefly on `lines` (when given)."""
     config = sample.config_cls(
         **COMMON_CONFIG,
         **sample.config_kwargs,
@@ -339,6 +381,8 @@ def build_model(sample: Sample, tok: PreTrainedTokenizerBase) -> torch.nn.Module
     torch.manual_seed(sample.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     perturb_(model, sample.seed)
+    if lines:
+        train_(model, tok, lines, sample.seed)
     model.generation_config = GenerationConfig(**special_ids(tok), max_length=MAX_POSITIONS)
     return model.eval()
 
@@ -360,7 +404,7 @@ def make_sample(sample: Sample, out_dir: Path, corpus: Path = CORPUS) -> dict[st
     lines = corpus_lines(corpus)
     with tempfile.TemporaryDirectory() as tmp:
         tok, extra_files = TOKENIZER_BUILDERS[sample.tokenizer](lines, Path(tmp))
-    model = build_model(sample, tok)
+    model = build_model(sample, tok, lines)
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder, save_jinja_files=False)  # chat template inside tokenizer_config.json
     write_special_tokens_map(tok, folder)

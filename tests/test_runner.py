@@ -120,7 +120,7 @@ def test_a_prompt_longer_than_the_largest_prefill_is_chunked(style, converted, r
 
 def test_streamed_pieces_make_the_text(converted):
     """Pieces end at spaces and never split a character, so they join to the decoded text
-    (checked on natural text: a random model's byte soup is not prefix-stable)."""
+    (checked on natural text with multi-byte characters, where a careless split would show)."""
     from workbench.runner import _Detokenizer
 
     r = Runner(converted["reauthored"], tokenizer=converted["hf"])
