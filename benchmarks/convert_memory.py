@@ -16,7 +16,7 @@ The checkpoints are random (seeded) and made under benchmarks/_work (never commi
 Real shapes, one conversion of ours per shape, with the child's memory stage by stage:
 
     python benchmarks/convert_memory.py --shape llama3.2-3b --dtype bf16 [--recipe dynamic_int8]
-        [--prefill 128] [--kv 1024] [--limit-gb 15]
+        [--prefill 128] [--kv 1024] [--limit-gb 15] [--cgroup-gib 8]
 
 `--shape` takes the published shapes of llama3.2-3b, phi3-mini, qwen2.5-3b, gemma2-2b and
 tinyllama-1.1b, built with transformers' own config classes (random seeded weights, saved in
@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _models import WORK, add_sample_tokenizer, run_sampled  # noqa: E402
+from _models import WORK, MemoryCgroup, add_sample_tokenizer, run_sampled  # noqa: E402
 SIZES = {  # name -> (layers, hidden, intermediate, heads, kv heads, vocab)
     "44M": (12, 512, 1376, 8, 4, 8000),
     "156M": (12, 1024, 2816, 16, 4, 8000),
@@ -222,6 +222,8 @@ OURS_SHAPE = textwrap.dedent("""
     t0 = time.time()
     job = convert(folder, recipe=opts["recipe"], prefill=opts["prefill"], kv=opts["kv"], out=out, analyze=False,
                   check_steps=opts["check_steps"])
+    if opts.get("cgroup_procs"):  # the worker alone, from its first second, in the benchmark's memory cgroup
+        open(opts["cgroup_procs"], "w").write(str(job.proc.pid))
     import psutil
     limit, sampled, anon_sampled, killed = opts["limit"], {}, {}, None
 
@@ -318,8 +320,10 @@ STAGE_ORDER = ("starting", "build", "load weights", "check: re-authored model", 
 
 
 def run_shape(name: str, dtype: str, recipe: str, prefill: list[int], kv: int, limit_gb: float,
-              check_steps: int, keep: str = "", limit_on: str = "rss") -> dict:
-    """One conversion of ours on a real shape: peak, time, size, check, stage by stage."""
+              check_steps: int, keep: str = "", limit_on: str = "rss", cgroup_gib: float = 0.0) -> dict:
+    """One conversion of ours on a real shape: peak, time, size, check, stage by stage. With
+    `cgroup_gib`, the job's worker runs in a memory cgroup of that many GiB (the kernel reclaims
+    file pages under it and kills only past it: "fits in N GiB" measured, not inferred)."""
     folder = shape_checkpoint(name, dtype)
     from workbench import Blueprint
 
@@ -328,8 +332,16 @@ def run_shape(name: str, dtype: str, recipe: str, prefill: list[int], kv: int, l
     out = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ewb-mem-", dir=WORK))
     opts = {"recipe": recipe, "prefill": prefill, "kv": kv, "limit": limit_gb * 1e9, "check_steps": check_steps,
             "keep": bool(keep), "limit_on": limit_on}
+    cg = MemoryCgroup(int(cgroup_gib * 2**30), "ewb-convert-memory") if cgroup_gib else None
+    if cg:
+        opts["cgroup_procs"] = str(cg.path / "cgroup.procs")
     # The script itself kills the job's worker at the limit; the backstop here only guards the script.
-    r = run_sampled([sys.executable, "-c", OURS_SHAPE, str(folder), str(out), json.dumps(opts)])
+    try:
+        r = run_sampled([sys.executable, "-c", OURS_SHAPE, str(folder), str(out), json.dumps(opts)])
+    finally:
+        cgroup = cg.stats() if cg else None
+        if cg:
+            cg.close()
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     line = next((ln for ln in r["stdout"].splitlines() if ln.startswith("RESULT ")), None)
@@ -337,7 +349,7 @@ def run_shape(name: str, dtype: str, recipe: str, prefill: list[int], kv: int, l
         raise SystemExit(f"{name}: the benchmark script failed (exit {r['returncode']})")
     res = json.loads(line[len("RESULT "):])
     res.update(shape=name, dtype=dtype, recipe=recipe, prefill=prefill, kv=kv, params=bp.summary().params,
-               fp32_weight_bytes=w32, checkpoint_bytes=sum(f.stat().st_size for f in folder.glob("*.safetensors")))
+               cgroup=cgroup, fp32_weight_bytes=w32, checkpoint_bytes=sum(f.stat().st_size for f in folder.glob("*.safetensors")))
     _print_shape(res)
     return res
 
@@ -367,6 +379,10 @@ def _print_shape(res: dict) -> None:
     sm, sampled, anon = res.get("stage_memory") or {}, res.get("sampled") or {}, res.get("anon_sampled") or {}
     if anon:
         print(f"  peak anonymous memory of the tree (sampled): {gb(max(anon.values()))}")
+    if res.get("cgroup"):
+        cg = res["cgroup"]
+        print(f"  in a {cg['limit_bytes'] / 2**30:.0f} GiB memory cgroup: its peak usage {gb(cg['peak_bytes'])} "
+              f"(page cache included), {cg['oom_kills']} OOM kills, limit hit {cg['failcnt']} times (pages reclaimed)")
     print(f"  {'stage':<26} {'RSS at end':>11} {'peak in stage':>14} {'anon at end':>12} {'anon peak':>10} "
           f"{'sampled tree peak':>18} {'sampled anon':>13}")
     for st in sorted(set(sm) | set(sampled), key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else 99):
@@ -384,6 +400,9 @@ def main() -> None:
     ap.add_argument("--limit-on", choices=("rss", "anon"), default="rss",
                     help="--shape: what --limit-gb is held against: the tree's RSS, or its anonymous memory alone "
                          "(file-backed pages, e.g. the scratch file of the float weights, can be reclaimed)")
+    ap.add_argument("--cgroup-gib", type=float, default=0.0,
+                    help="--shape: run the job's worker in a memory cgroup of this many GiB (made under the "
+                         "benchmark's own cgroup, removed after): the kernel enforces the limit")
     ap.add_argument("--shape", help=f"real shapes, comma-separated: {', '.join(SHAPES)} (ours only)")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="the --shape checkpoint's dtype")
     ap.add_argument("--recipe", default="dynamic_int8")
@@ -400,7 +419,7 @@ def main() -> None:
     if args.shape:
         prefill = [int(x) for x in args.prefill.split(",")]
         rows = [run_shape(n, args.dtype, args.recipe, prefill, args.kv, args.limit_gb, args.check_steps, args.keep,
-                          args.limit_on) for n in args.shape.split(",")]
+                          args.limit_on, args.cgroup_gib) for n in args.shape.split(",")]
         print(json.dumps(rows))
         return
     rows = []

@@ -136,3 +136,40 @@ def test_scratch_file_is_gone_when_the_job_is_cancelled_or_fails(ending, llama_b
     with pytest.raises(ConversionError):
         job.result(240)
     assert not job.workdir.exists() and not list(tmp_path.iterdir())
+
+
+# The 3-4B shapes of benchmarks/convert_memory.py --shape, as Hugging Face configs.
+LLAMA32_3B = dict(model_type="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192,
+                  num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
+                  max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True, hidden_act="silu",
+                  rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 8192})
+PHI3_MINI = dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                 original_max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                 hidden_act="silu", rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+GB, GIB = 1e9, 2**30
+
+
+@pytest.mark.parametrize("shape,recipe,anon_peak,check_anon,file,fits_in", [
+    # benchmarks/convert_memory.py --shape ... (low-memory route, kv 1024; docs/convert-memory.md)
+    ("tinyllama-1.1b", "dynamic_int8", 2.05 * GB, 0.92 * GB, 1.12 * GB, None),  # fp32, unlimited
+    ("llama3.2-3b", "dynamic_int8", 4.20 * GB, 2.84 * GB, 3.24 * GB, 8 * GIB),  # bf16, 8 GiB cgroup
+    ("phi3-mini", "dynamic_int4_block32", 5.89 * GB, 2.07 * GB, 2.16 * GB, 8 * GIB),  # bf16, 8 GiB cgroup
+])
+def test_estimate_is_above_every_measured_need_and_below_the_cgroup_it_fit_in(shape, recipe, anon_peak, check_anon,
+                                                                                file, fits_in):
+    """The estimate shown before converting is the memory needed (anonymous + the converted file the
+    check keeps reading): above each measured run's, and no higher than a memory cgroup the run was
+    shown to fit in (so it does not warn where the conversion fits)."""
+    from workbench.convert import estimate_peak_bytes
+
+    bp = {"llama3.2-3b": lambda: Blueprint.from_hf_config(LLAMA32_3B),
+          "phi3-mini": lambda: Blueprint.from_hf_config(PHI3_MINI)}.get(shape, lambda: Blueprint.preset(shape))()
+    est = estimate_peak_bytes(bp, recipe=recipe, kv=1024)
+    assert est > max(anon_peak, check_anon + file)
+    if fits_in:
+        assert est < fits_in
+    # the route decides: the same model with its weights held in RAM (quantization-error view) needs more
+    assert estimate_peak_bytes(bp, analyze=True) > bp.summary().weights_bytes["fp32"] > est

@@ -157,7 +157,7 @@ def test_too_little_memory_runs_fewer_at_once_and_says_so(samples, tmp_path, mon
     assert "4 conversions at once would need about 8.0 GB" in s.notes[-1] and "running 2 at once" in s.notes[-1]
     s.notes.clear()
     s.settings["peak_estimate_bytes"] = int(8e9)
-    assert s._local_parallel(None) == 1 and "expected to peak near 8.0 GB" in s.notes[-1]
+    assert s._local_parallel(None) == 1 and "expected to need about 8.0 GB" in s.notes[-1]
 
 
 def test_a_sweep_run_again_does_not_repeat_its_memory_notes(tmp_path, monkeypatch):
@@ -169,7 +169,7 @@ def test_a_sweep_run_again_does_not_repeat_its_memory_notes(tmp_path, monkeypatc
     s = Sweep([], {"peak_estimate_bytes": int(8e9), "threads": 1}, tmp_path / "sweep.json", tmp_path)
     assert s._local_parallel(4) == 1
     first = list(s.notes)
-    assert len(first) == 2 and "running 1 at once" in first[0] and "expected to peak near 8.0 GB" in first[1]
+    assert len(first) == 2 and "running 1 at once" in first[0] and "expected to need about 8.0 GB" in first[1]
     assert s._local_parallel(4) == 1 and s.notes == first
 
 

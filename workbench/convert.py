@@ -355,38 +355,69 @@ class Job:
                 f"peak {_gb(s['peak_rss_bytes'])}{', done' if s['done'] else ''})")
 
 
-# Peak RSS of a conversion ≈ base + slope × fp32 weight bytes: a line above every run of
-# benchmarks/convert_memory.py (llama-shaped, dynamic_int8, prefill 8+64, kv 1024, check included):
-#   re-authored (low-memory route): 44M 1.87 GB, 156M 3.11 GB, 1.1B 6.30 GB  -> 2.7 GB + 0.82 W
-#   export_hf:                      44M 2.26 GB, 156M 4.10 GB, 1.1B 14.77 GB  -> 2.5 GB + 2.81 W
-# The quantization-error view (ai-edge-quantizer's validate) keeps every tensor: + 1.5 W.
-# Since the check runs on ai-edge-litert's CompiledModel (it packs the weights per signature
-# when it opens the file), the check holds the peak at 1B and up: 1.1B fp32 8.96 GB with the
-# file opened beside transformers' model; with one model at a time (check_tflite now),
-# 1.1B bf16 8.43 GB (transformers' fp32 copy of bf16 weights). So the re-authored line is
-# also held above 1.5 GB + 1.8 W (#23: stage-by-stage figures in the README).
-_PEAK_FIT = {"reauthored": (2.7e9, 0.82), "export_hf": (2.5e9, 2.81)}
-_CHECK_FIT = (1.5e9, 1.8)
+# What a conversion needs, from benchmarks/convert_memory.py (#23; figures in docs/convert-memory.md).
+# "Needed" is the peak of anonymous memory plus the file pages a stage keeps touching (the
+# converted file, read at every step of the check): the rest of the resident peak is mapped
+# file pages (the checkpoint, the scratch file of fp32 weights, the float file) that the
+# kernel drops under pressure. Measured on the low-memory route, kv 1024:
+#   1.1B fp32 int8: anonymous 2.05 GB (quantize), resident 5.94 GB
+#   3.2B bf16 int8: anonymous 4.20 GB (quantize); check 2.84 GB + its 3.24 GB file; fits in 8 GiB
+#   3.8B bf16 int4: anonymous 5.89 GB (quantize; 7.47 before unpacked int4 values were freed); fits in 8 GiB
+# -> 1.5 GB + the larger of: the quantizer's hold (one byte a weight, whatever the bits, plus
+# scales: ~1.25x an int8 file) and the check's (fp32 embedding and head, which transformers'
+# streamed reference upcasts, plus the converted file).
+#   in RAM (analyze, or low_memory=False; fp32 weights in anonymous memory): 1.1B 6.30 GB
+#     -> 1.9 GB + 1.05 W, + 1.5 W with the quantization-error view (validate keeps every tensor)
+#   export_hf (litert-torch's direct export, all in RAM): 44M 2.26, 156M 4.10, 1.1B 14.77 GB
+#     -> 2.5 GB + 2.81 W
+# (W: the model's fp32 weight bytes.)
+_NEEDED_BASE = 1.5e9
+_QUANTIZER_HOLD = 1.25
+_IN_RAM_FIT = (1.9e9, 1.05)
+_ANALYZE_SLOPE = 1.5
+_EXPORT_HF_FIT = (2.5e9, 2.81)
 
 
-def estimate_peak_bytes(bp, path: str = "reauthored", analyze: bool = False) -> int:
-    """The conversion's expected peak memory, from the measured growth with weight bytes."""
-    base, slope = _PEAK_FIT[path]
+def estimate_peak_bytes(bp, path: str = "reauthored", analyze: Optional[bool] = None, *, recipe=None,
+                        kv: Optional[int] = None, low_memory: bool = True) -> int:
+    """The memory a conversion needs at its peak (bytes), from the measured runs: its peak
+    anonymous memory plus the file pages it must keep (the converted file during the check).
+
+    This, not the resident peak, is what `memory_warning` holds against the memory available:
+    the rest of the resident peak is mapped file pages (the checkpoint, the scratch file of
+    fp32 weights, the float file), which the kernel reclaims under pressure and which
+    "available" already counts as free (3.2B bf16 converted inside an 8 GiB cgroup, resident
+    ~15 GB unlimited). So the checkpoint's dtype does not change it: a bf16 checkpoint is
+    widened into the scratch file (mapped), an fp32 one is copied there. The route does:
+    `low_memory` without `analyze` (the default above 300M parameters) keeps the weights out of
+    anonymous memory; `analyze` or `low_memory=False` hold them in RAM as fp32 (`analyze=None`:
+    the default for the model, as `ConvertSettings.resolve` decides it). `recipe` (a name or
+    Recipe; default dynamic_int8) and `kv` size the converted file."""
+    from workbench.convert_settings import ANALYZE_BELOW_PARAMS
+
     w = bp.summary().weights_bytes["fp32"]
-    est = base + (slope + (1.5 if analyze and path == "reauthored" else 0.0)) * w
-    if path == "reauthored":
-        est = max(est, _CHECK_FIT[0] + _CHECK_FIT[1] * w)
-    return int(est)
+    r = Recipe.parse(recipe if recipe is not None else "dynamic_int8")
+    if analyze is None:
+        analyze = bp.summary().params < ANALYZE_BELOW_PARAMS and r.name != "none"
+    if path == "export_hf":
+        return int(_EXPORT_HF_FIT[0] + _EXPORT_HF_FIT[1] * w)
+    if analyze or not low_memory:
+        return int(_IN_RAM_FIT[0] + (_IN_RAM_FIT[1] + (_ANALYZE_SLOPE if analyze else 0.0)) * w)
+    head = 4 * bp.vocab_size * bp.hidden_size * (1 if bp.tie_embeddings else 2)
+    check = head + r.estimate_bytes(bp, kv)
+    held = 0 if r.name == "none" else _QUANTIZER_HOLD * Recipe.parse("dynamic_int8").estimate_bytes(bp, kv)
+    return int(_NEEDED_BASE + max(check, held))
 
 
 def memory_warning(estimate: int) -> str:
-    """A sentence when the estimate exceeds the memory available now, else ''."""
+    """A sentence when the memory a conversion needs (`estimate_peak_bytes`) exceeds the memory
+    available now (free plus reclaimable page cache), else ''."""
     import psutil
 
     avail = psutil.virtual_memory().available
     if estimate <= avail:
         return ""
-    return (f"this conversion is expected to peak near {estimate / 1e9:.1f} GB, but only {avail / 1e9:.1f} GB are "
+    return (f"this conversion is expected to need about {estimate / 1e9:.1f} GB at its peak, but only {avail / 1e9:.1f} GB are "
             "available now: it may be killed for memory; close other work, or convert a smaller model")
 
 
@@ -486,7 +517,7 @@ def convert(source, settings: Union[ConvertSettings, str, dict, Path, Recipe, No
         "analyze": s.analyze, "settings": s.to_json(),
         "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": digest(mapping.to_json()["tensor_names"]),
         "estimated_bytes": r.estimate_bytes(bp, kv),
-        "estimated_peak_bytes": estimate_peak_bytes(bp, path, s.analyze),
+        "estimated_peak_bytes": estimate_peak_bytes(bp, path, s.analyze, recipe=r, kv=kv, low_memory=s.low_memory),
         "schemes": {"embedding": r.scheme_of("embedding"),
                     "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
                                 "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},

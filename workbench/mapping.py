@@ -158,8 +158,7 @@ class _Scratch:
         import mmap
         import os
 
-        sizes = [t.numel() * t.element_size() for t in like]
-        total = sum(-(-n // self.ALIGN) * self.ALIGN for n in sizes) or self.ALIGN
+        total = sum(self._span(t.numel(), t.dtype) for t in like) or self.ALIGN
         path = Path(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -171,13 +170,17 @@ class _Scratch:
         self.nbytes = total
         self._at = 0
 
+    @classmethod
+    def _span(cls, numel: int, dtype) -> int:
+        """The bytes a tensor takes in the arena: its data, rounded up to ALIGN."""
+        return -(-numel * dtype.itemsize // cls.ALIGN) * cls.ALIGN
+
     def put(self, tensor, dtype):
         import torch
 
-        n = tensor.numel() * torch.empty((), dtype=dtype).element_size()
         out = torch.frombuffer(self._map, dtype=dtype, count=tensor.numel(), offset=self._at).view(tensor.shape)
         out.copy_(tensor)
-        self._at += -(-n // self.ALIGN) * self.ALIGN
+        self._at += self._span(tensor.numel(), dtype)
         return out
 
 
