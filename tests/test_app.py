@@ -63,6 +63,7 @@ def test_app_shows_the_project_and_builds_every_tab(app_project):
 
 
 def test_a_saved_blueprint_marks_later_steps_stale_and_rerun_fixes_them(app_project):
+    from workbench.convert_settings import ConvertSettings
     from workbench.project import Workbench
     from workbench_widgets import App
 
@@ -86,6 +87,17 @@ def test_a_saved_blueprint_marks_later_steps_stale_and_rerun_fixes_them(app_proj
         assert "comparisons: fresh" in app.steps_html.value
         assert app.rerun_buttons["Compare"].layout.display == "none"
         assert "sweeps is stale" in app.strips["Run & Sweep"].value
+        # Convert again: the newest conversion's own settings (wb.rerun_settings), shown in the form
+        newest = wb.newest("conversions")
+        settings = wb.rerun_settings("conversions")["settings"]
+        assert "conversions is stale" in app.strips["Convert"].value
+        app.rerun_buttons["Convert"].click()
+        conv = app.panel("Convert")
+        assert conv.kv.value == settings.kv and conv.prefill.value == ",".join(map(str, settings.prefill))
+        assert conv.wait(600) is not None and conv.state == "done", conv.card.value
+        app.refresh()
+        assert wb.status(detail=True)["conversions"][newest] == "fresh" and "conversions: fresh" in app.steps_html.value
+        assert ConvertSettings.from_manifest(wb.conversions[newest]) == settings  # the same settings, made again
 
 
 def test_errors_are_cards_in_their_tab_never_tracebacks(app_project, tmp_path):

@@ -116,6 +116,43 @@ def test_upstream_edits_mark_downstream_stale_and_nothing_uses_it_silently(llama
     wb.close()
 
 
+def test_rerun_makes_stale_steps_again_with_their_recorded_settings(llama_project, tmp_path, capsys):
+    """What the app's Re-run buttons do, as a call and a CLI command: the newest result's own
+    settings, on the blueprint and mapping as they are now, under the same name."""
+    root = _copy(llama_project, tmp_path)
+    wb = Workbench.open(root)
+    before = wb.conversions["fp32"]
+    with pytest.raises(ProjectError, match="no paths to re-run"):
+        wb.rerun("paths")
+    with pytest.raises(ProjectError, match="'blueprint' is not a step that can be re-run"):
+        wb.rerun("blueprint")
+    wb.blueprint.set("kv_cache_length", 64)
+    wb.save_blueprint()
+    assert wb.status()["mapping"] == "stale" and wb.newest("comparisons") == "first"
+    assert wb.rerun("mapping") is None and wb.status()["mapping"] == "fresh"
+    kw = wb.rerun_settings("comparisons")
+    assert kw == {"name": "first", "prompts": wb.comparisons["first"]["result"]["prompts"],
+                  "tol": wb.comparisons["first"]["result"]["tol"], "max_new_tokens": 2, "tflite": None}
+    c = wb.rerun("comparisons")
+    assert c.passed and wb.status(detail=True)["comparisons"] == {"first": "fresh"}
+    settings = wb.rerun_settings("conversions")["settings"]
+    assert (settings.recipe_label, settings.prefill, settings.kv) == ("none", (8,), 32)
+    wb.close()
+    # the CLI form: the conversion made again under its name, from the new blueprint
+    assert cli.main(["rerun", "conversions", "--project", str(root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["path"].endswith("fp32.tflite") and out["check"]["top1_agreement"] == 1.0
+    wb = Workbench.open(root, readonly=True)
+    after = wb.conversions["fp32"]
+    assert after["inputs"]["blueprint"] == wb.blueprint.fingerprint() != before["inputs"]["blueprint"]
+    assert after["settings"] == before["settings"] and wb.status()["conversions"] == "fresh"
+    assert wb.newest("conversions") == wb.latest_conversion() == "fp32"
+    wb.close()
+    assert cli.main(["rerun", "sweeps", "--project", str(root)]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "no sweeps to re-run" in err and "edge-workbench sweep --project" in err
+
+
 def test_a_changed_checkpoint_marks_the_mapping_stale(llama_project, tmp_path):
     from safetensors.torch import load_file, save_file
 

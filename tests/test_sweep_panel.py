@@ -54,7 +54,7 @@ def test_panel_runs_a_sweep_and_refuses_bad_settings(samples, tmp_path):
     panel.recipes["dynamic_int8"].value = True
     panel.where.value = "dask"
     panel.run_button.click()
-    assert "scheduler&#x27;s address" in panel.message.value and panel._thread is None
+    assert "scheduler&#x27;s address" in panel.message.value and panel._work.thread is None
     panel.where.value = "local"
     panel.prefill.value = "8,x"
     panel.run_button.click()

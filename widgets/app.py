@@ -21,7 +21,6 @@ cell, a reopened notebook) shows the same app, with its running job, on the newe
 from __future__ import annotations
 
 import html
-import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,7 +29,7 @@ import ipywidgets as W
 import traitlets
 
 from workbench import WorkbenchError
-from workbench.project import FRESH, MISSING, STALE, STEPS, Workbench
+from workbench.project import FRESH, MISSING, STALE, Workbench
 
 TABS = ("Build", "Map", "Compare", "Convert", "Run & Sweep", "Explore")
 # which steps each tab produces (its stale banner and re-run)
@@ -39,6 +38,9 @@ TAB_STEPS = {"Build": ("blueprint",), "Map": ("mapping",), "Compare": ("comparis
 COLORS = {FRESH: "#2e7d32", STALE: "#e65100", MISSING: "#9e9e9e"}
 RERUN = {"mapping": "Save the mapping again", "comparisons": "Compare again", "conversions": "Convert again",
          "paths": "Compare both paths again", "sweeps": "Sweep again"}
+# the tab and panel action that re-run a step (with `Workbench.rerun_settings(step)`)
+RERUN_ACTION = {"comparisons": ("Compare", "run"), "conversions": ("Convert", "convert"),
+                "paths": ("Convert", "compare_paths"), "sweeps": ("Run & Sweep", "run")}
 MISSING_HINT = {"mapping": "review the mapping below, then press Save mapping",
                 "comparisons": "press Compare below", "conversions": "choose a recipe below and press Convert",
                 "sweeps": "tick recipes below and press Run sweep"}
@@ -72,6 +74,7 @@ class App(W.VBox):
                                        layout=W.Layout(width="100px"))
         self.refresh_button.on_click(lambda _: self.refresh())
         self.strips = {t: W.HTML() for t in TABS}
+        self._stale_step: dict[str, str] = {}  # tab -> the stale step its Re-run button makes again
         self.rerun_buttons = {t: W.Button(description="Re-run", icon="repeat", button_style="warning",
                                           layout=W.Layout(display="none", width="auto")) for t in TABS}
         for t, b in self.rerun_buttons.items():
@@ -141,7 +144,7 @@ class App(W.VBox):
         blueprint and the saved mapping too (Build edits the blueprint itself)."""
         if tab == "Build":
             return ()
-        cur = self.wb._current()
+        cur = self.wb.current_inputs()
         return (cur["blueprint"],) if tab == "Map" else (cur["blueprint"], cur["mapping"])
 
     def _build(self, tab: str) -> None:
@@ -173,8 +176,7 @@ class App(W.VBox):
         if tab == "Compare":
             p = self.panels[tab] = ComparePanel.for_project(wb)
             if wb.comparisons:  # the newest recorded comparison, as it was
-                newest = max(wb.comparisons, key=lambda n: wb.comparisons[n].get("created", ""))
-                p.comparison = wb.comparison(newest)
+                p.comparison = wb.comparison(wb.newest("comparisons"))
                 p.render()
             p.button.on_click(lambda _: self.refresh())
             return [p]
@@ -259,7 +261,7 @@ class App(W.VBox):
         wb = self.wb
         ro = f" <i style='color:#e65100'>({html.escape(wb.notice or 'read-only')})</i>" if wb.readonly else ""
         self.title.value = (f"<div class='ewb-app-title'><b style='font-size:15px'>Edge Workbench</b> — "
-                            f"<b>{html.escape(str(wb._data.get('name') or wb.root.name))}</b> "
+                            f"<b>{html.escape(wb.name)}</b> "
                             f"<span style='color:#777'>{html.escape(str(wb.root))}</span>{ro}</div>")
         chips = "".join(
             f"<span class='ewb-step ewb-{state}' title='{html.escape(str(d['why'].get(s, '')))}' style='display:"
@@ -303,15 +305,16 @@ class App(W.VBox):
             self.strips[tab].value = card(f"{s} is stale: {why}", "re-run it with the button, or change the "
                                                                   "settings below first", error=False)
             button.description, button.layout.display = RERUN.get(s, "Re-run"), ""
-            button._step = s
+            self._stale_step[tab] = s
             return
+        self._stale_step.pop(tab, None)
         button.layout.display = "none"
         missing = [s for s in tab_steps if d["steps"].get(s) == MISSING and s in MISSING_HINT]
         self.strips[tab].value = (f"<div class='ewb-strip' style='color:#777'>No {missing[0]} yet: "
                                   f"{MISSING_HINT[missing[0]]}.</div>" if missing else "")
 
     def rerun_tab(self, tab: str) -> None:
-        step = getattr(self.rerun_buttons[tab], "_step", None)
+        step = self._stale_step.get(tab)
         if step:
             self.rerun(step)
 
@@ -323,40 +326,13 @@ class App(W.VBox):
         self.refresh()
 
     def _rerun(self, step: str) -> None:
-        wb = self.wb
+        """The core says how (`Workbench.rerun_settings`); the tab's panel runs it, so its
+        progress, Cancel and result show where they always do."""
         if step == "mapping":
-            wb.save_mapping()
+            self.wb.rerun("mapping")
             return
-        if step == "comparisons":
-            self.select("Compare").run()
-            return
-        if step == "conversions":
-            convs = wb.conversions
-            newest = max(convs, key=wb._manifest_time, default=None)
-            man = convs[newest] if newest else None
-            p = self.select("Convert")
-            if man is not None:
-                p.apply_recipe(man["recipe"])
-                p.prefill.value = ",".join(str(x) for x in man.get("prefill", [8]))
-                p.kv.value = man.get("kv", p.kv.value)
-                p.path.value = man.get("path", "reauthored")
-            p.convert()
-            return
-        if step == "paths":
-            rec = max(wb.paths.values(), key=lambda r: r.get("created", ""), default=None)
-            p = self.select("Convert")
-            if rec is not None:
-                p.apply_recipe(rec["result"]["recipe"])
-                p.kv.value = rec["result"]["kv"]
-                p.prefill.value = ",".join(str(x) for x in rec["result"]["prefill"])
-            p.compare_paths()
-            return
-        if step == "sweeps":
-            p = self.select("Run & Sweep")
-            p.fresh = True
-            p.run()
-            return
-        raise WorkbenchError(f"{step} has no re-run", hint="use the tab's own buttons")
+        tab, action = RERUN_ACTION[step]
+        getattr(self.select(tab), action)(**self.wb.rerun_settings(step))
 
     def _guard(self, tab: str, fn: Callable[[], Any]) -> Any:
         try:

@@ -71,8 +71,14 @@ class ComparePanel(W.VBox):
         return panel
 
     # ---- actions ------------------------------------------------------------------
-    def run(self) -> Optional[Comparison]:
-        """Runs the comparison on the prompt; shows the result, or the error and its fix."""
+    def run(self, **settings: Any) -> Optional[Comparison]:
+        """Runs the comparison on the prompt; shows the result, or the error and its fix.
+        `settings` go to the project's `compare` over the form's (a re-run passes
+        `Workbench.rerun_settings("comparisons")`: name, prompts, tol, ...)."""
+        if "tol" in settings:
+            self.tol.value = settings["tol"]
+        if "max_new_tokens" in settings:
+            self.max_new.value = settings["max_new_tokens"]
         self.button.disabled = True
         self.progress.bar_style = ""
 
@@ -84,8 +90,9 @@ class ComparePanel(W.VBox):
         try:
             text = self.prompt.value
             if self.project is not None:
-                self.comparison = self.project.compare(prompts=[text], tol=self.tol.value,
-                                                       max_new_tokens=self.max_new.value, progress=progress)
+                self.comparison = self.project.compare(**{"prompts": [text], "tol": self.tol.value,
+                                                          "max_new_tokens": self.max_new.value, **settings},
+                                                       progress=progress)
             else:
                 self.comparison = compare(self.hf_dir, self.target, self.mapping, prompts=[text], tol=self.tol.value,
                                           max_new_tokens=self.max_new.value, progress=progress)

@@ -23,6 +23,7 @@ from workbench import WorkbenchError
 from workbench.convert import (ConversionError, ConversionResult, Job, convert, estimate_peak_bytes, memory_warning,
                                prewarm)
 from workbench.recipe import SCHEMES, Recipe
+from workbench_widgets._common import Background
 
 PER_LAYER = "per-layer…"
 _SCHEME_OR_DEFAULT = ("(default)",) + SCHEMES
@@ -93,7 +94,10 @@ class ConvertPanel(W.VBox):
         self.paths_figure = go.FigureWidget()
         self.paths_figure.layout.height = 10
         self.paths_table = None  # the last PathComparison
-        self._paths_thread: Optional[threading.Thread] = None
+        self._paths_jobs: list = []
+        self._paths = Background(self, on_error=lambda e: self._card(str(e), error=True),
+                                 failed=lambda e: "cancelled" if self._paths_jobs and self._paths_jobs[-1].cancelled
+                                 else "failed")
         self.children = [
             W.HTML("<h3 style='margin:4px 0'>Convert and quantize</h3>"),
             W.HBox([self.recipe, self.estimate_html]),
@@ -132,8 +136,11 @@ class ConvertPanel(W.VBox):
         if pick(self.embedding.value):
             spec["embedding"] = pick(self.embedding.value)
         for comp in ("attention", "feedforward"):
+            cells = [pick(d.value) for (_, c), d in self.grid.items() if c == comp]
             layers = {str(i): pick(d.value) for (i, c), d in self.grid.items() if c == comp and pick(d.value)}
-            if layers:
+            if cells and cells[0] and len(set(cells)) == 1:
+                spec[comp] = cells[0]  # every layer alike: the component's scheme, as the recipe reads
+            elif layers:
                 spec[comp] = layers
         return spec
 
@@ -148,11 +155,11 @@ class ConvertPanel(W.VBox):
             r = Recipe.parse(self.recipe_spec())
             self.estimate_bytes = r.estimate_bytes(self.mapping.blueprint, self.kv.value or None)
             path = self.path.value if hasattr(self, "path") else "reauthored"
-            peak = estimate_peak_bytes(self.mapping.blueprint, path)
+            peak = estimate_peak_bytes(self.mapping.blueprint, path, recipe=r, kv=self.kv.value or None)
             warn = memory_warning(peak)
             self.estimate_html.value = (
                 f"estimated size <b>{self.estimate_bytes / 2**20:.2f} MiB</b> "
-                f"<span style='color:#777'>({html.escape(r.describe())})</span>; peak memory "
+                f"<span style='color:#777'>({html.escape(r.describe())})</span>; memory needed "
                 f"<span class='ewb-peak' style='color:{'#e65100' if warn else '#333'}'>~{peak / 1e9:.1f} GB</span>"
                 + (f"<div class='ewb-memory-warning' style='color:#e65100'>⚠ {html.escape(warn)}</div>" if warn else ""))
         except WorkbenchError as e:
@@ -170,16 +177,33 @@ class ConvertPanel(W.VBox):
             self._card(f"prefill {self.prefill.value!r} is not a list of lengths (e.g. 8,64)", error=True)
             return None
 
-    def convert(self) -> Optional[Job]:
-        """Starts the conversion job (returns at once), or shows why it cannot start."""
+    def show_settings(self, settings=None, *, recipe=None, prefill=None, kv=None, path=None) -> None:
+        """Puts a conversion's settings (a `ConvertSettings`, or some of its fields) into the form."""
+        if settings is not None:
+            recipe, prefill, kv, path = settings.recipe, settings.prefill, settings.kv, settings.path
+        if recipe is not None:
+            self.apply_recipe(recipe)
+        if prefill is not None:
+            self.prefill.value = ",".join(str(x) for x in prefill)
+        if kv is not None:
+            self.kv.value = kv
+        if path is not None:
+            self.path.value = path
+
+    def convert(self, **settings: Any) -> Optional[Job]:
+        """Starts the conversion job (returns at once), or shows why it cannot start.
+        `settings` go to the project's `convert` (a re-run passes `Workbench.rerun_settings(
+        "conversions")`: its name and `ConvertSettings`, which the form then shows)."""
+        self.show_settings(settings.get("settings"))
         prefill = self._startable_prefill()
         if prefill is None:
             return None
-        self.result, self.error, self._paths_thread = None, None, None
+        self.result, self.error = None, None
+        self._paths.thread = None
         try:
             if self.project is not None:
                 self.job = self.project.convert(recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
-                                                progress=self._on_progress, path=self.path.value)
+                                                progress=self._on_progress, path=self.path.value, **settings)
             else:
                 self.job = convert(self.mapping, recipe=self.recipe_spec(), prefill=prefill, kv=self.kv.value,
                                    out=self.out.value, progress=self._on_progress, path=self.path.value)
@@ -194,11 +218,15 @@ class ConvertPanel(W.VBox):
         self.card.value = ""
         return self.job
 
-    def compare_paths(self) -> Optional[threading.Thread]:
+    def compare_paths(self, **settings: Any) -> Optional[threading.Thread]:
         """Converts both ways (re-authored, litert-torch's direct export) with the form's recipe
-        and lengths, in the background, then shows the side-by-side table and chart."""
+        and lengths, in the background, then shows the side-by-side table and chart. `settings`
+        go to the project's `compare_paths` (a re-run passes `Workbench.rerun_settings("paths")`;
+        its recipe and lengths are shown in the form)."""
         from workbench.conversion_paths import compare_paths
 
+        self.show_settings(recipe=settings.pop("recipe", None), prefill=settings.pop("prefill", None),
+                           kv=settings.pop("kv", None))
         prefill = self._startable_prefill()
         if prefill is None:
             return None
@@ -207,35 +235,26 @@ class ConvertPanel(W.VBox):
                   progress=lambda stage, done, total, detail="": self._paths_progress(jobs, stage, done, total, detail))
 
         def work() -> None:
-            try:
-                if self.project is not None:
-                    table = self.project.compare_paths(**kw)
-                else:
-                    table = compare_paths(self.mapping, out=self.out.value, **kw)
-            except WorkbenchError as e:
-                self.error, self.state = e, ("cancelled" if jobs and jobs[-1].cancelled else "failed")
-                self._card(str(e), error=True)
+            if self.project is not None:
+                table = self.project.compare_paths(**kw, **settings)
             else:
-                self.paths_table = table
-                self._show_paths(table)
-                self.state = "done"
-            finally:
-                self.convert_button.disabled = self.paths_button.disabled = False
-                self.cancel_button.disabled = True
-                self.job = jobs[-1] if jobs else None
+                table = compare_paths(self.mapping, out=self.out.value, **kw)
+            self.paths_table = table
+            self._show_paths(table)
 
-        self.state, self.error = "running", None
+        def finish() -> None:
+            self.convert_button.disabled = self.paths_button.disabled = False
+            self.cancel_button.disabled = True
+            self.job = jobs[-1] if jobs else None
+
         self.convert_button.disabled = self.paths_button.disabled = True
         self.cancel_button.disabled = False
         self.card.value = ""
         self._paths_jobs = jobs
-        self._paths_thread = threading.Thread(target=work, daemon=True)
-        self._paths_thread.start()
-        return self._paths_thread
+        return self._paths.start(work, finish=finish)
 
     def _busy(self) -> bool:
-        return (self.job is not None and not self.job.done) or (
-            self._paths_thread is not None and self._paths_thread.is_alive())
+        return (self.job is not None and not self.job.done) or self._paths.busy
 
     def _paths_progress(self, jobs: list, stage: str, done: int, total: int, detail: str) -> None:
         self.progress.max, self.progress.value = total, done
@@ -274,7 +293,7 @@ class ConvertPanel(W.VBox):
             d.value = (v.get(i) if isinstance(v, dict) else v) or "(default)"
 
     def cancel(self) -> None:
-        if self._paths_thread is not None and self._paths_thread.is_alive():
+        if self._paths.busy:
             for job in list(self._paths_jobs):
                 job.cancel()
         elif self.job is not None and not self.job.done:
@@ -282,8 +301,8 @@ class ConvertPanel(W.VBox):
 
     def wait(self, timeout: Optional[float] = None) -> Optional[ConversionResult]:
         """Blocks until the job ends and its card is shown (for scripts, tests, headless runs)."""
-        if self._paths_thread is not None:
-            self._paths_thread.join(timeout)
+        if self._paths.thread is not None:
+            self._paths.join(timeout)
             return self.paths_table
         if self.job is None:
             return None

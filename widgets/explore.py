@@ -22,7 +22,7 @@ import traitlets
 from workbench import WorkbenchError
 from workbench.explore import LAYOUTS, OVERLAYS, Explorer, ExploreView
 from workbench.explore.graphs import GRAPHS, TITLES
-from workbench_widgets._common import message
+from workbench_widgets._common import Background, message
 
 LAYOUT_LABELS = {"split": "split view (+ a frame for the third)", "side": "split view, third beside it",
                  "stacked": "one frame per graph"}
@@ -38,7 +38,7 @@ class ExplorePanel(W.VBox):
         self.explorer = explorer
         self.view: Optional[ExploreView] = None
         self.error: Optional[WorkbenchError] = None
-        self._thread: Optional[threading.Thread] = None
+        self._work = Background(self, on_error=self._error)
         self._again = 0  # asked while busy: 1 re-colour, 2 refresh
         try:
             available = explorer.available()
@@ -107,7 +107,7 @@ class ExplorePanel(W.VBox):
         return self._run(export=False)
 
     def _run(self, export: bool, chained: bool = False) -> Optional[threading.Thread]:
-        if not chained and self._thread is not None and self._thread.is_alive():
+        if not chained and self._work.busy:
             # One view at a time: run again when this one ends (an export wins over a recolour).
             self._again = max(self._again, 2 if export else 1)
             return None
@@ -116,43 +116,37 @@ class ExplorePanel(W.VBox):
         if not names:
             self._error(WorkbenchError("no graph chosen", hint="tick one to three graphs"))
             return None
-        self.state, self.error = ("exporting" if export else "colouring"), None
         self.refresh_button.disabled = True
         self.progress.layout.visibility, self.progress.value, self.progress.bar_style = "visible", 0, "info"
         self.status.value = message("exporting what changed …" if export else "colouring …")
 
         def work() -> None:
-            try:
-                if not export and any(n not in self.explorer.graphs for n in names):
-                    raise WorkbenchError("a ticked graph is not exported yet", hint="click Refresh")
-                self.view = self.explorer.show(names, height=height, layout=layout, progress=self._on_progress,
-                                               overlay=overlay, export=export)
-            except WorkbenchError as e:
-                self._error(e)
-                self.state = "failed"
-            else:
-                self._show(self.view)
-                self.state = "done"
-            finally:
-                self.refresh_button.disabled = False
-                self.progress.layout.visibility = "hidden"
-                again, self._again = self._again, 0
-                if again:
-                    self._run(export=again == 2, chained=True)
+            if not export and any(n not in self.explorer.graphs for n in names):
+                raise WorkbenchError("a ticked graph is not exported yet", hint="click Refresh")
+            self.view = self.explorer.show(names, height=height, layout=layout, progress=self._on_progress,
+                                           overlay=overlay, export=export)
+            self._show(self.view)
 
-        self._thread = threading.Thread(target=work, daemon=True)
-        self._thread.start()
-        return self._thread
+        def finish() -> None:
+            self.refresh_button.disabled = False
+            self.progress.layout.visibility = "hidden"
+
+        def then() -> None:
+            again, self._again = self._again, 0
+            if again:
+                self._run(export=again == 2, chained=True)
+
+        return self._work.start(work, "exporting" if export else "colouring", finish=finish, then=then)
 
     def wait(self, timeout: Optional[float] = None) -> Optional[ExploreView]:
         """Until the view asked for last is shown (or `timeout` seconds)."""
         import time
 
         deadline = None if timeout is None else time.time() + timeout
-        while self._thread is not None:
-            t = self._thread
+        while self._work.thread is not None:
+            t = self._work.thread
             t.join(None if deadline is None else max(0.0, deadline - time.time()))
-            if t is self._thread or (deadline is not None and time.time() >= deadline):
+            if t is self._work.thread or (deadline is not None and time.time() >= deadline):
                 break
         return self.view
 

@@ -22,6 +22,7 @@ import traitlets
 
 from workbench import WorkbenchError
 from workbench.runner import ENGINES, SAMPLING, Generation, Runner
+from workbench_widgets._common import Background
 
 
 class RunPanel(W.VBox):
@@ -73,7 +74,7 @@ class RunPanel(W.VBox):
         self.speed = W.HTML()
         self.side_html = W.HTML()
         self.header = W.HTML()
-        self._thread: Optional[threading.Thread] = None
+        self._work = Background(self, on_error=self._show_error)
         self._header()
         self.children = [
             self.header,
@@ -96,7 +97,7 @@ class RunPanel(W.VBox):
 
     def use_engine(self, engine: str) -> Optional[Runner]:
         """Switches Generate and Side by side to `engine` (a runner for it is made on first use)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._work.busy:
             self.engine.value = self.runner.engine  # one generation at a time
             return None
         try:
@@ -104,8 +105,7 @@ class RunPanel(W.VBox):
                 self.runners[engine] = self.runner.with_engine(engine, bundle=self.bundle)
         except WorkbenchError as e:
             self.error, self.state = e, "failed"
-            self.output.value = (f"<div class='ewb-error' style='color:#c62828;white-space:pre-wrap'>"
-                                 f"{html.escape(str(e))}</div>")
+            self._show_error(e)
             self.engine.value = self.runner.engine
             return None
         self.runner = self.runners[engine]
@@ -124,10 +124,9 @@ class RunPanel(W.VBox):
     # ---- actions ------------------------------------------------------------------
     def generate(self) -> Optional[threading.Thread]:
         """Starts generating in the background; the text streams into the panel."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._work.busy:
             return None
-        self.text, self.error, self.generation = "", None, None
-        self.state = "running"
+        self.text, self.generation = "", None
         self.generate_button.disabled, self.stop_button.disabled = True, False
         self.side_button.disabled = True  # the runner generates one text at a time
         self.speed.value = ""
@@ -138,28 +137,24 @@ class RunPanel(W.VBox):
         self._show(prompt)
 
         def work() -> None:
-            try:
-                for piece in self.runner.stream(prompt, **kwargs):
-                    self.text += piece
-                    self._show(prompt)
-                self.generation = self.runner.last
-                self._show_speed(self.generation)
-                self.state = "done"
-            except WorkbenchError as e:
-                self.error, self.state = e, "failed"
-                self.output.value = (f"<div class='ewb-error' style='color:#c62828;white-space:pre-wrap'>"
-                                     f"{html.escape(str(e))}</div>")
-            finally:
-                self.generate_button.disabled, self.stop_button.disabled = False, True
-                self.side_button.disabled = self.hf_dir is None
+            for piece in self.runner.stream(prompt, **kwargs):
+                self.text += piece
+                self._show(prompt)
+            self.generation = self.runner.last
+            self._show_speed(self.generation)
 
-        self._thread = threading.Thread(target=work, daemon=True)
-        self._thread.start()
-        return self._thread
+        def finish() -> None:
+            self.generate_button.disabled, self.stop_button.disabled = False, True
+            self.side_button.disabled = self.hf_dir is None
+
+        return self._work.start(work, finish=finish)
+
+    def _show_error(self, e: WorkbenchError) -> None:
+        self.output.value = (f"<div class='ewb-error' style='color:#c62828;white-space:pre-wrap'>"
+                             f"{html.escape(str(e))}</div>")
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Generation]:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._work.join(timeout)
         return self.generation
 
     def compare(self) -> Optional[dict]:

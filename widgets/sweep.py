@@ -21,7 +21,7 @@ import traitlets
 from workbench import WorkbenchError
 from workbench.recipe import SCHEMES
 from workbench.sweep import PRESET_HELP, Sweep, prepare
-from workbench_widgets._common import message
+from workbench_widgets._common import Background, message
 
 DEFAULT_RECIPES = ("none", "dynamic_int8", "fp16", "int8_ff_int4")
 
@@ -40,7 +40,7 @@ class SweepPanel(W.VBox):
         self.fresh = False  # the next run starts over (a stale sweep re-run on a new mapping)
         self.sweep: Optional[Sweep] = None
         self.error: Optional[WorkbenchError] = None
-        self._thread: Optional[threading.Thread] = None
+        self._work = Background(self, on_error=lambda e: self._say(str(e), error=True))
         bp = mapping.blueprint
         small = {"description_width": "80px"}
         self.recipes = {name: W.Checkbox(value=name in DEFAULT_RECIPES, description=name, indent=False,
@@ -141,9 +141,11 @@ class SweepPanel(W.VBox):
         self.message.value = message(html.escape(text), error=error)
 
     # ---- actions --------------------------------------------------------------------
-    def run(self) -> Optional[threading.Thread]:
-        """Prepares the sweep (refusals show at once) and runs it in the background."""
-        if self._thread is not None and self._thread.is_alive():
+    def run(self, **settings: Any) -> Optional[threading.Thread]:
+        """Prepares the sweep (refusals show at once) and runs it in the background.
+        `settings` go to `prepare_sweep` over the form's (a re-run passes
+        `Workbench.rerun_settings("sweeps")`: the recorded rows and lengths, fresh)."""
+        if self._work.busy:
             self._say("A sweep is already running: stop it first.", error=True)
             return None
         try:
@@ -158,58 +160,49 @@ class SweepPanel(W.VBox):
                           error=True)
                 return None
             executor = self.address.value.strip()
-        kw = dict(paths=self.paths(), prefill=prefill, kv=self.kv.value)
+        kw = dict(recipes=self.selected(), paths=self.paths(), prefill=prefill, kv=self.kv.value, fresh=self.fresh)
         if self.engine.value != "ai-edge-litert":  # the default leaves a saved sweep's settings as they were
             kw["engine"] = self.engine.value
+        kw.update(settings)
         try:
             if self.project is not None:
-                s = self.project.prepare_sweep(self.name, self.selected(), fresh=self.fresh, **kw)
+                self.name = kw.pop("name", self.name)
+                s = self.project.prepare_sweep(self.name, **kw)
             else:
-                s = prepare(self.mapping, self.selected(), out=self.out.value, fresh=self.fresh, **kw)
+                s = prepare(self.mapping, out=self.out.value, **kw)
         except WorkbenchError as e:
             self.error, self.state = e, "failed"
             self._say(str(e), error=True)
             return None
-        self.sweep, self.error, self.fresh = s, None, False
+        self.sweep, self.fresh = s, False
         s.on_row = lambda row: self._show()
-        self.state = "running"
         self.run_button.disabled, self.stop_button.disabled = True, False
         self.progress.max, self.progress.value, self.progress.bar_style = len(s.items), len(s.rows), "info"
         self.message.value = ""
         self._show()
 
-        def work() -> None:
-            try:
-                s.run(executor=executor, parallel=self.parallel.value or None, progress=self._on_progress)
-            except WorkbenchError as e:
-                self.error, self.state = e, "failed"
-                self._say(str(e), error=True)
-            except Exception as e:  # noqa: BLE001 - shown in the panel, never thrown into the notebook
-                self.error, self.state = WorkbenchError(f"{type(e).__name__}: {e}"), "failed"
-                self._say(f"the sweep failed: {type(e).__name__}: {e}", error=True)
-            else:
-                self.state = "stopped" if not s.done else "done"
-                self.progress.bar_style = "success" if s.done else "warning"
-                left = len(s.todo())
-                self.stage_html.value = (f"{len(s.ok_rows())} of {len(s.items)} recipes converted"
-                                         + (f"; {left} left (stopped: Run again resumes)" if left else ""))
-                if s.notes:
-                    self._say("; ".join(s.notes))
-            finally:
-                self.run_button.disabled, self.stop_button.disabled = False, True
-                self._show()
+        def work() -> str:
+            s.run(executor=executor, parallel=self.parallel.value or None, progress=self._on_progress)
+            self.progress.bar_style = "success" if s.done else "warning"
+            left = len(s.todo())
+            self.stage_html.value = (f"{len(s.ok_rows())} of {len(s.items)} recipes converted"
+                                     + (f"; {left} left (stopped: Run again resumes)" if left else ""))
+            if s.notes:
+                self._say("; ".join(s.notes))
+            return "done" if s.done else "stopped"
 
-        self._thread = threading.Thread(target=work, daemon=True)
-        self._thread.start()
-        return self._thread
+        def finish() -> None:
+            self.run_button.disabled, self.stop_button.disabled = False, True
+            self._show()
+
+        return self._work.start(work, finish=finish)
 
     def stop(self) -> None:
         if self.sweep is not None:
             self.sweep.stop()
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Sweep]:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._work.join(timeout)
         return self.sweep
 
     def pick(self, label: Optional[str] = None) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from workbench.errors import WorkbenchError
+from workbench.project import RERUN
 
 EXIT_ERROR = 1  # the input was wrong: the message says how to fix it
 EXIT_CRASH = 3  # a bug or an environment failure: the message carries the exception
@@ -197,6 +198,10 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
             m = Mapping.propose(bp, args.hf_dir)
         c = compare(args.hf_dir, bp, m, prompts=prompts, tol=args.tol, max_new_tokens=args.max_new,
                     tflite=args.tflite)
+    return _comparison_report(c, args)
+
+
+def _comparison_report(c, args: argparse.Namespace) -> tuple[dict, str]:
     out = c.to_json()
     g = c.generation
     lines = [f"{'PASSED' if c.passed else 'NOT PASSED'}: {c.verdict()}",
@@ -228,19 +233,13 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
     else:
         wb._need_blueprint()
     prefill = _prefill(args.prefill)
-    last = [""]
-
-    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
-        line = f"[{done + 1}/{total}] {stage}: {detail}"
-        if line != last[0]:
-            print(line, file=sys.stderr, flush=True)
-            last[0] = line
+    progress = _progress_printer()
 
     from workbench.convert import estimate_peak_bytes, memory_warning
 
     bp_now = wb.blueprint if wb is not None else m.blueprint
-    est = estimate_peak_bytes(bp_now, args.path)
-    print(f"estimated peak memory: {est / 1e9:.1f} GB", file=sys.stderr)
+    est = estimate_peak_bytes(bp_now, args.path, recipe=args.recipe, kv=args.kv)
+    print(f"estimated memory needed: {est / 1e9:.1f} GB", file=sys.stderr)
     if memory_warning(est):
         print(f"warning: {memory_warning(est)}", file=sys.stderr)
     made = _missing_folder(Path(args.out)) if wb is None else None  # what this run creates, removed on Ctrl-C
@@ -251,17 +250,40 @@ def cmd_convert(args: argparse.Namespace) -> tuple[dict, str]:
         else:
             job = convert(m, recipe=args.recipe, prefill=prefill, kv=args.kv, out=args.out, name=args.name,
                           progress=progress, path=args.path, kv_layout=args.kv_layout)
-        try:
-            res = job.result()
-        except KeyboardInterrupt:
-            job.cancel()
-            raise
+        res = _wait(job)
     except KeyboardInterrupt:
         _remove_if_empty(made)
         raise
     except WorkbenchError:
         _remove_if_empty(made)  # a refusal or a failed job leaves no empty output folder behind
         raise
+    return _conversion_report(res)
+
+
+def _progress_printer(first: int = 1) -> Callable:
+    """A progress callback printing `[n/total] stage: detail` lines to stderr, each once
+    (`first`: the number the first step shows)."""
+    last = [""]
+
+    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
+        line = f"[{done + first}/{total}] {stage}: {detail}"
+        if line != last[0]:
+            print(line, file=sys.stderr, flush=True)
+            last[0] = line
+
+    return progress
+
+
+def _wait(job):
+    """A conversion job's result; Ctrl-C cancels the job (its child ends, nothing is left)."""
+    try:
+        return job.result()
+    except KeyboardInterrupt:
+        job.cancel()
+        raise
+
+
+def _conversion_report(res) -> tuple[dict, str]:
     out = res.to_json()
     c = res.check
     text = (f"wrote {res.path} ({res.size_bytes:,} bytes) in {res.seconds:.1f} s, peak {res.peak_rss_bytes / 1e9:.2f} GB\n"
@@ -316,20 +338,22 @@ def _prefill(text: str) -> list[int]:
 def cmd_paths(args: argparse.Namespace) -> tuple[dict, str]:
     from workbench.blueprint import Blueprint
     from workbench.mapping import Mapping
-    from workbench.conversion_paths import COLUMNS, LABELS, compare_paths
+    from workbench.conversion_paths import compare_paths
 
     _need_source(args)
-
-    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
-        print(f"[{done + 1}/{total}] {stage}: {detail}", file=sys.stderr, flush=True)
-
     kw = dict(recipe=args.recipe, prefill=_prefill(args.prefill), kv=args.kv, threads=args.threads,
-              progress=progress)
+              progress=_progress_printer())
     if args.project:
         table = _project(args, write=True).compare_paths(**kw)
     else:
         m = Mapping.propose(Blueprint.from_hf(args.hf_dir), args.hf_dir)
         table = compare_paths(m, out=args.out, **kw)
+    return _paths_report(table)
+
+
+def _paths_report(table) -> tuple[dict, str]:
+    from workbench.conversion_paths import COLUMNS, LABELS
+
     lines = _text_header("path", 26, COLUMNS, 16)
     lines += [f"{LABELS[r['path']]:<26}" + _text_cells(r, COLUMNS, 16) for r in table.rows]
     return table.to_json(), "\n".join(lines)
@@ -369,15 +393,12 @@ def _finite(obj: Any) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
-    from workbench.sweep import COLUMNS, sweep
+    from workbench.sweep import sweep
 
     _need_source(args)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-
-    def progress(stage: str, done: int, total: int, detail: str = "") -> None:
-        print(f"[{done}/{total}] {stage}: {detail}", file=sys.stderr, flush=True)
-
+    progress = _progress_printer(first=0)
     kw = dict(paths=paths, prefill=_prefill(args.prefill), kv=args.kv, threads=args.threads, fresh=args.fresh)
     if args.engine != "ai-edge-litert":
         kw["engine"] = args.engine
@@ -392,6 +413,12 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
         s = sweep(args.hf_dir, recipes, out=args.out or "out/sweep", **kw, **run)
     if args.pick:
         s.pick(args.pick)
+    return _sweep_report(s)
+
+
+def _sweep_report(s) -> tuple[dict, str]:
+    from workbench.sweep import COLUMNS
+
     rows = [s.rows[k] for k in s.labels if k in s.rows]
     lines = _text_header("recipe", 28, COLUMNS, 14)
     for r in rows:
@@ -500,7 +527,7 @@ def cmd_set_checkpoint(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
     wb = _project(args, write=False)
     d = wb.status(detail=True)
-    lines = [f"{wb.root} ({wb._data.get('name')})"]
+    lines = [f"{wb.root} ({wb.name})"]
     lines += [f"  {k:<12} {v}" + (f"  ({d['why'][k]})" if k in d["why"] else "") for k, v in d["steps"].items()]
     lines += [f"    {kind[:-1]} {n}: {state}" + (f" ({d['why'][kind + '/' + n]})" if kind + "/" + n in d["why"] else "")
               for kind in ("comparisons", "conversions") for n, state in d[kind].items()]
@@ -509,6 +536,25 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict, str]:
     d.pop("readonly"), d.pop("notice")
     return d, "\n".join(lines)
 
+
+
+def cmd_rerun(args: argparse.Namespace) -> tuple[dict, str]:
+    """A step made again with the settings of its newest result, on the project as it is now."""
+    wb = _project(args, write=True)
+    step = args.step
+    if step == "mapping":
+        wb.rerun("mapping")
+        steps = wb.status()
+        return {"step": step, "steps": steps}, "saved the mapping again\n" + "\n".join(
+            f"  {k:<12} {v}" for k, v in steps.items())
+    progress = _progress_printer(first=0 if step == "sweeps" else 1)
+    if step == "comparisons":
+        return _comparison_report(wb.rerun(step), args)
+    if step == "conversions":
+        return _conversion_report(_wait(wb.rerun(step, progress=progress)))
+    if step == "paths":
+        return _paths_report(wb.rerun(step, progress=progress))
+    return _sweep_report(wb.rerun(step, progress=progress))
 
 
 def cmd_explore(args: argparse.Namespace) -> tuple[dict, str]:
@@ -578,6 +624,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {
     "sweep": cmd_sweep,
     "explore": cmd_explore,
     "status": cmd_status,
+    "rerun": cmd_rerun,
     "set-checkpoint": cmd_set_checkpoint,
     "blueprint": cmd_blueprint,
     "families": cmd_families,
@@ -729,6 +776,11 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("checkpoint", help="the Hugging Face model folder or Hub id")
     sc.add_argument("--project", required=True, help="the project folder")
     sc.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    rr = sub.add_parser("rerun", help="make a project's step again with the settings of its newest result "
+                                      "(after the blueprint or mapping changed)")
+    rr.add_argument("step", choices=list(RERUN), help="the step to make again")
+    rr.add_argument("--project", required=True, help="the project folder")
+    rr.add_argument("--json", action="store_true", help="one JSON object on stdout (the step's own command's)")
     st = sub.add_parser("status", help="each step of a project: fresh, stale or missing")
     st.add_argument("--project", required=True, help="the project folder")
     st.add_argument("--json", action="store_true", help="one JSON object on stdout")

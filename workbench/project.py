@@ -39,6 +39,9 @@ LOCK_FILE = ".workbench.lock"
 KIND = "edge-workbench/project"
 STEPS = ("blueprint", "mapping", "comparisons", "conversions", "paths", "sweeps")
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
+# The steps a result can be made again for, and the call that makes each (`Workbench.rerun`).
+RERUN = {"mapping": "save_mapping", "comparisons": "compare", "conversions": "convert", "paths": "compare_paths",
+         "sweeps": "sweep"}
 # The lock and what a killed process may leave are never part of a project's history.
 GITIGNORE = f"{LOCK_FILE}\n.*.tmp-*\n.*.partial-*\n"
 
@@ -58,6 +61,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path, what: str) -> dict:
     return _io.read_json(path, what, ProjectError)
+
+
+# The CLI subcommand that makes each re-runnable step's first result.
+_CLI_STEP = {"comparisons": "compare", "conversions": "convert", "paths": "paths", "sweeps": "sweep"}
 
 
 def _now() -> str:
@@ -378,8 +385,14 @@ class Workbench:
         self._mapping_data, self._mapping, self._mapping_fp = data, m, self.blueprint.fingerprint()
 
     # ---- fingerprints and staleness ------------------------------------------------
-    def _current(self) -> dict[str, Optional[str]]:
-        """Fingerprints of the upstream steps as they are now (None where a step is unusable)."""
+    @property
+    def name(self) -> str:
+        """The project's name (given at `new`, else its folder's)."""
+        return str(self._data.get("name") or self.root.name)
+
+    def current_inputs(self) -> dict[str, Optional[str]]:
+        """Fingerprints of the upstream steps as they are now (None where a step is unusable):
+        {"blueprint": ..., "mapping": ...}. A result made from other ones is stale."""
         bp = self.blueprint.fingerprint() if self.blueprint is not None else None
         saved = (self._mapping_data or {}).get("inputs", {})
         mapping = None
@@ -399,7 +412,7 @@ class Workbench:
 
     def status(self, detail: bool = False) -> dict:
         """Each step as fresh / stale / missing. With detail, per result too, and why."""
-        cur = self._current()
+        cur = self.current_inputs()
         steps: dict[str, str] = {}
         why: dict[str, Any] = {}
         steps["blueprint"] = FRESH if self.blueprint is not None else MISSING
@@ -424,16 +437,16 @@ class Workbench:
                                                            f"says {man.get('size_bytes')}: damaged or half-written")
             convs[n] = state
         # A step with several results reads as its newest one (per result: `detail=True`).
-        newest_comp = max(comps, key=lambda n: self.comparisons[n].get("created", ""), default=None)
-        newest_conv = max(convs, key=lambda n: self._manifest_time(n), default=None)
+        newest_comp = self.newest("comparisons", comps)
+        newest_conv = self.newest("conversions", convs)
         steps["comparisons"] = comps[newest_comp] if newest_comp else MISSING
         steps["conversions"] = convs[newest_conv] if newest_conv else MISSING
         paths = {n: self._result_state(t.get("inputs", {}), cur) for n, t in self.paths.items()}
-        newest_paths = max(paths, key=lambda n: self.paths[n].get("created", ""), default=None)
+        newest_paths = self.newest("paths", paths)
         steps["paths"] = paths[newest_paths] if newest_paths else MISSING
         self._reload_sweeps()
         sweeps = {n: self._result_state(t.get("inputs", {}), cur) for n, t in self.sweeps.items()}
-        newest_sweep = max(sweeps, key=lambda n: self.sweeps[n].get("created", ""), default=None)
+        newest_sweep = self.newest("sweeps", sweeps)
         steps["sweeps"] = sweeps[newest_sweep] if newest_sweep else MISSING
         if not detail:
             return steps
@@ -442,11 +455,69 @@ class Workbench:
                 "problems": list(self.problems), "readonly": self.readonly, "notice": self.notice,
                 "leftovers": [str(p.relative_to(self.root)) for p in self.leftovers()]}
 
+    def newest(self, kind: str, among: Optional[Any] = None) -> Optional[str]:
+        """The name of the newest recorded result of a kind ("comparisons", "conversions",
+        "paths" or "sweeps"), among the names `among` if given; None when there is none. A
+        conversion is as new as its manifest (a job writes it last); the others by "created"."""
+        if kind == "conversions":
+            names = self.conversions if among is None else among
+            return max(names, key=self._manifest_time, default=None)
+        if kind not in ("comparisons", "paths", "sweeps"):
+            raise ProjectError(f"{kind!r} is not a kind of result", hint="comparisons, conversions, paths or sweeps")
+        if kind == "sweeps" and among is None:
+            self._reload_sweeps()
+        store = getattr(self, kind)
+        return max(store if among is None else among, key=lambda n: store[n].get("created", ""), default=None)
+
     def _manifest_time(self, name: str) -> float:
         try:
             return (self.root / "conversions" / f"{name}.json").stat().st_mtime
         except OSError:
             return 0.0
+
+    def rerun_settings(self, step: str) -> dict:
+        """The keyword arguments that make a step again as its newest result was made, for
+        the call `RERUN[step]` names: the same name, recipe, lengths, prompts... `rerun(step)`
+        passes them to that call; a panel's Re-run button passes them to its own action, which
+        calls the same. The result is made from the blueprint and mapping as they are now."""
+        if step not in RERUN:
+            raise ProjectError(f"{step!r} is not a step that can be re-run", hint=f"one of {', '.join(RERUN)}")
+        if step == "mapping":
+            return {}
+        newest = self.newest(step)
+        if newest is None:
+            raise ProjectError(f"the project has no {step} to re-run", hint=f"make one first (wb.{RERUN[step]}(...))"
+                               ).with_cli(f"make one first: edge-workbench {_CLI_STEP[step]} --project {self.root}")
+        if step == "comparisons":
+            rec = self.comparisons[newest]
+            r = rec["result"]
+            return {"name": newest, "prompts": r["prompts"], "tol": r["tol"],
+                    "max_new_tokens": r["generation"].get("max_new_tokens", 8), "tflite": rec["inputs"].get("tflite")}
+        if step == "conversions":
+            from workbench.convert_settings import ConvertSettings
+
+            return {"name": newest, "settings": ConvertSettings.from_manifest(self.conversions[newest])}
+        if step == "paths":
+            r = self.paths[newest]["result"]
+            return {"name": newest, "recipe": r["recipe"], "prefill": list(r["prefill"]), "kv": r["kv"],
+                    "threads": r["threads"]}
+        from workbench.sweep import Item
+
+        res = self.sweeps[newest]["result"]
+        st = res["settings"]
+        items = [Item(**it) for it in res["items"]]
+        return {"name": newest, "recipes": items, "paths": sorted({it.path for it in items}),
+                "prefill": list(st["prefill"]), "kv": st["kv"], "threads": st["threads"],
+                "decode_steps": st["decode_steps"], "eval_tokens": st["eval_tokens"],
+                "engine": st.get("engine", "ai-edge-litert"), "fresh": True}
+
+    def rerun(self, step: str, **changes):
+        """Makes a step again with the settings of its newest result (`rerun_settings`), on the
+        blueprint and mapping as they are now, under the same name; `changes` override any of
+        them. Returns what the step's call returns: None (mapping), a Comparison, a conversion
+        Job (returned at once: `.result()` waits), a PathComparison, a Sweep (run to its end)."""
+        kw = {**self.rerun_settings(step), **changes}  # refuses an unknown step first
+        return getattr(self, RERUN[step])(**kw)
 
     def leftovers(self) -> list[Path]:
         """Half-written files a killed process left (never read as results)."""
@@ -632,7 +703,7 @@ class Workbench:
             raise ProjectError("the project has no fresh conversion" + (
                 f" (stale or damaged: {', '.join(states)})" if states else ""),
                 hint="convert first: wb.convert(...) or `edge-workbench convert --project DIR`")
-        return max(fresh, key=self._manifest_time)
+        return self.newest("conversions", fresh)
 
     def conversion_path(self, name: str, allow_stale: bool = False) -> Path:
         """The .tflite of a recorded conversion; refuses a stale or damaged one."""

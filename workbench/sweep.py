@@ -79,7 +79,8 @@ class Item:
 def plan(recipes: Union[Sequence, dict], bp, paths: Sequence[str] = ("reauthored",)) -> list[Item]:
     """The sweep's rows from what a user names: litert-torch scheme names, preset names
     (`PRESETS`), recipe dicts or `Recipe`s, or a dict label -> any of those; each on every
-    path in `paths`. A label with "@export_hf" takes that path alone."""
+    path in `paths`. A label with "@export_hf" takes that path alone. An `Item` (a recorded
+    row, as `Workbench.rerun` passes them) keeps its own label and path."""
     from workbench.convert_settings import PATHS
     from workbench.recipe import SCHEMES, Recipe
 
@@ -93,6 +94,13 @@ def plan(recipes: Union[Sequence, dict], bp, paths: Sequence[str] = ("reauthored
                                                      f"'int8_ff_int4'] (presets: {', '.join(PRESETS)})")
     items: list[Item] = []
     for label, spec in named:
+        if isinstance(spec, Item):  # a recorded row (a re-run): its label and path as they were
+            r = Recipe.parse(spec.recipe)
+            r.validate(bp)
+            if spec.path not in PATHS:
+                raise SweepError(f"unknown conversion path {spec.path!r}", hint=f"choose from {', '.join(PATHS)}")
+            items.append(Item(spec.label, r.to_json(), spec.path))
+            continue
         only = None
         if isinstance(spec, str) and spec.endswith(EXPORT_HF_SUFFIX):
             spec, only = spec[: -len(EXPORT_HF_SUFFIX)], "export_hf"
@@ -667,7 +675,7 @@ def prepare(source, recipes: Union[Sequence, dict], *, paths: Sequence[str] = ("
     settings = {"prefill": prefill, "kv": int(kv), "threads": int(threads), "decode_steps": int(decode_steps),
                 "eval_tokens": len(ids), "tokenized": tokenized, "checkpoint": str(mapping.checkpoint.root),
                 "out": str(out), "prefix": file_prefix, "engine": engine,
-                "peak_estimate_bytes": max(estimate_peak_bytes(bp, p) for p in {it.path for it in items})}
+                "peak_estimate_bytes": max(estimate_peak_bytes(bp, it.path, recipe=it.recipe, kv=kv) for it in items)}
     key = digest({"mapping": mapping.fingerprint(), "ids": ids, **{k: settings[k] for k in
                                                                     ("prefill", "kv", "threads", "decode_steps")},
                    **({"engine": engine} if engine != "ai-edge-litert" else {})})  # old keys unchanged
