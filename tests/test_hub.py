@@ -431,7 +431,7 @@ def test_export_hf_is_given_the_ids_snapshot(cache, tmp_path):
     job = convert("acme/llama-tiny", recipe="none", prefill=[8], kv=32, out=tmp_path, path="export_hf")
     try:
         assert job.spec["checkpoint"] == str(snap(cache, LLAMA).resolve())
-        assert job.spec["path_kind"] == "export_hf"
+        assert job.settings.path == "export_hf"
     finally:
         job.cancel()
     assert not list(tmp_path.glob("*.tflite"))

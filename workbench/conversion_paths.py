@@ -127,7 +127,7 @@ def compare_paths(source, recipe: Any = "dynamic_int8", prefill: Sequence[int] =
                       analyze=False, manifest_extra=manifest_extra)
         if jobs is not None:
             jobs.append(job)
-        kv = job.spec["kv"]
+        kv = job.settings.kv
         res = job.result()
         speed = SignatureModel(res.path, threads=threads).speed(decode_steps)
         c = res.check

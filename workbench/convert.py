@@ -126,6 +126,7 @@ class Job:
 
     def __init__(self, spec: dict, workdir: Path, progress: Optional[Callable] = None) -> None:
         self.spec = spec
+        self.settings = ConvertSettings.from_json(spec["settings"])  # resolved
         self.workdir = workdir
         self.progress = progress
         self.stage = "starting"
@@ -309,7 +310,7 @@ class Job:
 
         from workbench.checkpoint import tokenizer_digest
 
-        spec = self.spec
+        spec, s = self.spec, self.settings
         partial, final = Path(spec["partial"]), Path(spec["path"])
         check = done["check"]
         if not check.get("skipped") and not check.get("finite", False):
@@ -323,10 +324,10 @@ class Job:
                 versions[dist] = None
         manifest = {
             "kind": "edge-workbench/conversion", "schema": 1, "model": final.name,
-            "recipe": spec["recipe"], "recipe_description": Recipe.parse(spec["recipe"]).describe(),
+            "recipe": s.recipe.to_json(), "recipe_description": s.recipe.describe(),
             "schemes": spec["schemes"],
-            "path": spec.get("path_kind", "reauthored"),
-            "prefill": spec["prefill"], "kv": spec["kv"], "kv_layout": spec.get("kv_layout", "default"),
+            "path": s.path,
+            "prefill": list(s.prefill), "kv": s.kv, "kv_layout": s.kv_layout,
             "signatures": sigs,
             "size_bytes": partial.stat().st_size, "estimated_size_bytes": spec.get("estimated_bytes"),
             "estimated_peak_bytes": spec.get("estimated_peak_bytes"),
@@ -336,7 +337,7 @@ class Job:
             "quant_error": done.get("quant_error"),
             "stage_memory": done.get("stage_memory"),  # stage -> {rss_end_bytes, peak_bytes} of the child
             "tokenizer_digest": tokenizer_digest(Path(spec["checkpoint"])),
-            "settings": spec.get("settings"),  # ConvertSettings, resolved: a re-run starts from them
+            "settings": spec["settings"],  # ConvertSettings, resolved: a re-run starts from them
             **spec.get("manifest_extra", {}),
         }
         mp = Path(spec["manifest_partial"])
@@ -347,7 +348,7 @@ class Job:
         manifest_path = final.with_suffix(".json")
         os.replace(mp, manifest_path)
         return ConversionResult(final, manifest_path, manifest["size_bytes"], list(sigs), check, done["seconds"],
-                                self.peak_rss_bytes, spec["recipe"], manifest["quant_error"])
+                                self.peak_rss_bytes, s.recipe.to_json(), manifest["quant_error"])
 
     def __repr__(self) -> str:
         s = self.status()
@@ -490,7 +491,7 @@ def convert(source, settings: Union[ConvertSettings, str, dict, Path, Recipe, No
                                   hint="fix the mapping first (m.problems() lists them)").with_cli(
                 "see them with edge-workbench map, fix the mapping file and pass it with --mapping FILE")
     s = settings.resolve(bp)
-    r, prefill, kv, path = s.recipe, list(s.prefill), s.kv, s.path
+    r, kv, path = s.recipe, s.kv, s.path
     export_recipe = None
     if path == "export_hf":
         export_recipe = _export_hf_recipe(r, Path(mapping.checkpoint.root))
@@ -508,13 +509,13 @@ def convert(source, settings: Union[ConvertSettings, str, dict, Path, Recipe, No
     final = out / f"{name}.tflite"
     workdir = tempdirs.make("job", name)
     mapping_path = mapping.save(workdir / "mapping.json")
+    # What to do is `settings` (resolved: the worker reads nothing else for it); the rest is
+    # where to write, what the manifest records, and what was derived here.
     spec = {
-        "name": name, "recipe": r.to_json(), "prefill": prefill, "kv": kv, "path": str(final.resolve()),
+        "name": name, "settings": s.to_json(), "path": str(final.resolve()),
         "partial": str((out / f".{name}.tflite.partial-{uuid.uuid4().hex[:8]}").resolve()),
         "manifest_partial": str((out / f".{name}.json.partial-{uuid.uuid4().hex[:8]}").resolve()),
         "mapping": str(mapping_path), "checkpoint": str(Path(mapping.checkpoint.root).resolve()),
-        "threads": s.threads or os.cpu_count() or 1, "check_steps": s.check_steps,
-        "analyze": s.analyze, "settings": s.to_json(),
         "blueprint_fingerprint": bp.fingerprint(), "mapping_hash": digest(mapping.to_json()["tensor_names"]),
         "estimated_bytes": r.estimate_bytes(bp, kv),
         "estimated_peak_bytes": estimate_peak_bytes(bp, path, s.analyze, recipe=r, kv=kv, low_memory=s.low_memory),
@@ -522,7 +523,7 @@ def convert(source, settings: Union[ConvertSettings, str, dict, Path, Recipe, No
                     "layers": [{"layer": i, "attention": r.scheme_of("attention", i),
                                 "feedforward": r.scheme_of("feedforward", i)} for i in range(bp.num_layers)]},
         "manifest_extra": manifest_extra or {},
-        "path_kind": path, "export_recipe": export_recipe, "kv_layout": s.kv_layout, "low_memory": s.low_memory,
+        "export_recipe": export_recipe,
         "staging": str((out / f".{name}.staging.partial-{uuid.uuid4().hex[:8]}").resolve()),
     }
     (workdir / "spec.json").write_text(json.dumps(spec, indent=1))

@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from workbench.convert_settings import ConvertSettings
+
 _EVENTS = None  # the real stdout, kept for events
 
 
@@ -202,7 +204,7 @@ class _ExportProgress:
         return lambda *a, **k: None
 
 
-def run_export_hf(spec: dict) -> dict:
+def run_export_hf(spec: dict, s: ConvertSettings) -> dict:
     """litert-torch's direct Hugging Face export, into a staging folder we own; the
     chosen file moves to the partial name and is checked like ours."""
     import shutil
@@ -220,7 +222,7 @@ def run_export_hf(spec: dict) -> dict:
 
     import torch
 
-    torch.set_num_threads(max(1, int(spec.get("threads", os.cpu_count() or 1))))
+    torch.set_num_threads(_threads(s))
     folder = spec["checkpoint"]
     stage_dir = Path(spec["staging"])  # beside the output, named as a partial: never mistaken for a result
     stage_dir.mkdir()
@@ -235,8 +237,8 @@ def run_export_hf(spec: dict) -> dict:
         if os.environ.get("EWB_TEST_DISK_FULL"):
             emit("stage", stage="write", detail="model.tflite")
             raise OSError(errno.ENOSPC, "No space left on device (simulated)", str(out_dir))
-        export.export(model=folder, output_dir=str(out_dir), prefill_lengths=list(spec["prefill"]),
-                      cache_length=spec["kv"], quantization_recipe=recipe, bundle_litert_lm=False,
+        export.export(model=folder, output_dir=str(out_dir), prefill_lengths=list(s.prefill),
+                      cache_length=s.kv, quantization_recipe=recipe, bundle_litert_lm=False,
                       keep_temporary_files=True)
         made = out_dir / ("model.tflite" if spec["export_recipe"] == "none" else "model_quantized.tflite")
         if not made.is_file():
@@ -249,9 +251,9 @@ def run_export_hf(spec: dict) -> dict:
         Path(f"{stage_dir}-recipe.json").unlink(missing_ok=True)
     partial = Path(spec["partial"])
     emit("stage", stage="check", detail="ai-edge-litert: prefill then decode, against transformers")
-    if spec.get("check_steps", 6) > 0:
-        result = checks.check_tflite(partial, None, folder, prefill=min(spec["prefill"]), kv=spec["kv"],
-                                     steps=spec["check_steps"])
+    if s.check_steps > 0:
+        result = checks.check_tflite(partial, None, folder, prefill=min(s.prefill), kv=s.kv,
+                                     steps=s.check_steps)
     else:
         result = {"skipped": True}
     return {"check": result, "quant_error": None, "signatures": checks.describe_signatures(partial)}
@@ -295,11 +297,17 @@ def _peak_rss() -> int:
     return max(_ru_maxrss(), _MEM.overall)
 
 
+def _threads(s: ConvertSettings) -> int:
+    """The threads the job's torch and checks use: the settings', else every core."""
+    return max(1, int(s.threads or os.cpu_count() or 1))
+
+
 def run(spec: dict) -> dict:
     import gc
 
-    if spec.get("path_kind") == "export_hf":
-        return run_export_hf(spec)
+    s = ConvertSettings.from_json(spec["settings"])  # resolved by convert()
+    if s.path == "export_hf":
+        return run_export_hf(spec, s)
     from workbench._quiet import import_stack
 
     emit("stage", stage="build", detail="importing litert-torch")
@@ -309,7 +317,6 @@ def run(spec: dict) -> dict:
 
     from workbench import check as checks
     from workbench.mapping import Mapping
-    from workbench.recipe import Recipe
 
     from litert_torch import progress as _progress
 
@@ -318,14 +325,13 @@ def run(spec: dict) -> dict:
     from litert_torch._convert import interface as converter_utils
     from litert_torch.generative.utilities import converter
 
-    torch.set_num_threads(max(1, int(spec.get("threads", os.cpu_count() or 1))))
+    torch.set_num_threads(_threads(s))
     emit("stage", stage="build", detail="model on the meta device")
     m = Mapping.open(spec["mapping"], checkpoint=spec["checkpoint"])
     bp = m.blueprint
-    kv = spec["kv"]
-    recipe = Recipe.parse(spec["recipe"])
-    analyze = recipe.name != "none" and spec.get("analyze", True)
-    low_memory = bool(spec.get("low_memory")) and not analyze
+    kv, recipe = s.kv, s.recipe
+    analyze = bool(s.analyze)
+    low_memory = s.low_memory and not analyze
     # The low-memory route keeps the float32 weights in a scratch file in the job's temp folder
     # (file-backed pages the kernel can reclaim; unlinked at once, so nothing is left behind).
     scratch = Path(spec["_workdir"]) / "weights.scratch" if low_memory and spec.get("_workdir") else None
@@ -334,18 +340,18 @@ def run(spec: dict) -> dict:
     model = m.load(kv_cache_length=kv, scratch=scratch,
                    progress=lambda st, d, t, detail="": emit("progress", stage="load weights", done=d, total=t))
     reference = None
-    if spec.get("check_steps", 6) > 0:
+    if s.check_steps > 0:
         # The check's re-authored side, now, while the model is in memory: it is never reloaded.
         emit("stage", stage="check: re-authored model", detail="our logits on the check prompt")
-        reference = checks.reference(model, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
-                                     steps=spec["check_steps"])
+        reference = checks.reference(model, spec["checkpoint"], prefill=min(s.prefill), kv=kv,
+                                     steps=s.check_steps)
     conv = converter_utils.Converter()
     export_config = converter.ExportConfig()
-    if spec.get("kv_layout", "default") == "transposed":
+    if s.kv_layout == "transposed":
         from litert_torch.generative.layers import kv_cache as kv_utils
 
         export_config.kvcache_layout = kv_utils.KV_LAYOUT_TRANSPOSED
-    converter._add_signatures(conv, model, list(spec["prefill"]), kv, None, 0, model.config, [None], export_config)
+    converter._add_signatures(conv, model, list(s.prefill), kv, None, 0, model.config, [None], export_config)
     quant_config = None
     if recipe.name != "none" and not analyze and not low_memory:
         # Quantize in memory inside litert-torch's converter, as its own recipes would, but
@@ -401,13 +407,13 @@ def run(spec: dict) -> dict:
         quantized = qt.quantize(enable_progress_report=False).quantized_model
         emit("stage", stage="quantize", detail="per-op error against float (ai-edge-quantizer validate)")
         sm = checks.SignatureModel(partial, threads=1)
-        ids = checks.prompt_ids(spec["checkpoint"], min(spec["prefill"]) + 1)
+        ids = checks.prompt_ids(spec["checkpoint"], min(s.prefill) + 1)
         if len(ids) > 1:
             sm.prefill(ids[:-1])
         inputs = {"tokens": np.array([[ids[-1]]], dtype=np.int32),
                   "input_pos": np.array([len(ids) - 1], dtype=np.int32), **sm.kv}
         del sm
-        val = qt.validate(test_data={"decode": [inputs]}, num_threads=int(spec.get("threads", 1)))
+        val = qt.validate(test_data={"decode": [inputs]}, num_threads=_threads(s))
         quant_error = qe.summarize(val.get_all_tensor_results(), recipe, bp.num_layers)
         del val
         emit("stage", stage="write", detail=f"{final.name} (quantized)")
@@ -418,8 +424,8 @@ def run(spec: dict) -> dict:
         del model  # the check needs only the reference computed after loading
         gc.collect()
         checks.trim_heap()
-        result = checks.check_tflite(partial, reference, spec["checkpoint"], prefill=min(spec["prefill"]), kv=kv,
-                                     steps=spec["check_steps"])
+        result = checks.check_tflite(partial, reference, spec["checkpoint"], prefill=min(s.prefill), kv=kv,
+                                     steps=s.check_steps)
     else:
         result = {"skipped": True}
     return {"check": result, "quant_error": quant_error, "signatures": checks.describe_signatures(partial)}
