@@ -113,7 +113,6 @@ class Checkpoint:
         self.kind = kind  # "safetensors" or "pytorch"
         self.notes: list[str] = []
         self._maps: dict[str, mmap.mmap] = {}
-        self._private: dict[str, mmap.mmap] = {}  # copy-on-write maps behind `mapped` tensors
         self._state: Optional[dict] = None  # a mmapped torch state dict (pytorch kind)
 
     @classmethod
@@ -246,31 +245,6 @@ class Checkpoint:
             pass  # madvise is an optimisation only
         return t
 
-    @property
-    def mappable(self) -> bool:
-        """Whether `mapped` can give views of the files (safetensors; not pickles)."""
-        return self._state is None
-
-    def mapped(self, name: str):
-        """One tensor as a view of its file, mapped privately (copy-on-write): its pages are the
-        file's, read as touched and reclaimable under memory pressure, and a write to the tensor
-        stays in this process. None where that cannot be (a pickled checkpoint). For a job that
-        reads a checkpoint which does not change while it runs (`Mapping.load(scratch=...)`);
-        `get` copies instead."""
-        import torch
-
-        info = self.tensors[name]
-        if self._state is not None:
-            return None
-        mm = self._private.get(info.file)
-        if mm is None:
-            with open(self.root / info.file, "rb") as f:
-                mm = self._private[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        count = 1
-        for d in info.shape:
-            count *= d
-        return torch.frombuffer(mm, dtype=getattr(torch, info.dtype), count=count, offset=info.offset).view(info.shape)
-
     def fingerprint(self) -> str:
         """A cheap identity of the weights: every tensor's name, shape, dtype and place, each
         file's size, and hashes of each file's first and last 64 KiB. A re-saved or swapped
@@ -298,7 +272,6 @@ class Checkpoint:
         for mm in self._maps.values():
             mm.close()
         self._maps.clear()
-        self._private.clear()  # the maps live on while a `mapped` tensor holds them
         self._state = None
 
     @property

@@ -565,10 +565,7 @@ class Mapping:
         tensor by tensor (bf16 widened straight into it). Its pages are file-backed: the
         kernel can write them back and drop them under memory pressure, where weights in RAM
         (anonymous memory) could only be swapped or killed. The tensors are views of the
-        mapping, valid while the model lives. A tensor the checkpoint holds as the model takes
-        it (same dtype, no transpose, join or regrouping: every weight of an fp32 llama) is not
-        copied at all: it is a view of the checkpoint file itself, mapped copy-on-write
-        (`Checkpoint.mapped`), so the checkpoint must not change while the model is in use.
+        mapping, valid while the model lives.
         """
         import torch
         from torch import nn
@@ -586,46 +583,29 @@ class Mapping:
             model = self.blueprint.build(kv_cache_length, meta=True)
         entries = [e for e in self.table() if e.target and e.status != "tied"]
         modules = dict(model.named_modules())
-
-        def param(e):
-            module_name, pname = e.target.rsplit(".", 1)
-            return modules[module_name], pname
-
-        def as_is(e) -> bool:  # taken as the file holds it: no dtype change, transpose, join or regroup
-            dtype = str(getattr(*param(e)).dtype).removeprefix("torch.")
-            return (len(e.sources) == 1 and e.keys[0] not in self.transposed and e.keys[0] not in self.grouped
-                    and self.checkpoint.tensors[e.sources[0]].dtype == dtype)
-
-        # With a scratch file, a tensor taken as is maps the checkpoint itself (no copy, no
-        # writes); the rest (bf16 widened, transposed, joined) is copied into the scratch file.
-        direct = {e.target for e in entries if as_is(e)} if scratch is not None and self.checkpoint.mappable \
-            else set()
-        store = _Scratch(scratch, [getattr(*param(e)) for e in entries if e.target not in direct]) \
-            if scratch is not None else None
+        store = _Scratch(scratch, [getattr(modules[e.target.rsplit(".", 1)[0]], e.target.rsplit(".", 1)[1])
+                                   for e in entries]) if scratch is not None else None
         for i, e in enumerate(entries):
             report(progress, "load weights", i, len(entries), e.target)
-            module, pname = param(e)
-            old = getattr(module, pname)
-            if e.target in direct:
-                tensor = self.checkpoint.mapped(e.sources[0])
+            if store is not None:  # read in the file's own dtype: widened once, into the scratch file
+                parts = [self.checkpoint.get(s, dtype=self.checkpoint.tensors[s].dtype) for s in e.sources]
             else:
-                if store is not None:  # read in the file's own dtype: widened once, into the scratch file
-                    parts = [self.checkpoint.get(s, dtype=self.checkpoint.tensors[s].dtype) for s in e.sources]
-                else:
-                    parts = [self.checkpoint.get(s) for s in e.sources]
-                parts = [p.T.contiguous() if k in self.transposed else p for p, k in zip(parts, e.keys)]
-                tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-                del parts
-                if e.keys[0] in self.grouped:
-                    layer = layer_template(e.target)[1]
-                    tensor = ungroup_qkv(tensor, *qkv_groups(self.blueprint, layer))
+                parts = [self.checkpoint.get(s) for s in e.sources]
+            parts = [p.T.contiguous() if k in self.transposed else p for p, k in zip(parts, e.keys)]
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            if e.keys[0] in self.grouped:
+                layer = layer_template(e.target)[1]
+                tensor = ungroup_qkv(tensor, *qkv_groups(self.blueprint, layer))
+            module_name, pname = e.target.rsplit(".", 1)
+            module = modules[module_name]
+            old = getattr(module, pname)
             if tuple(tensor.shape) != tuple(old.shape):
                 raise MappingError(f"{e.source} gives shape {tuple(tensor.shape)} for {e.target}, "
                                    f"which has {tuple(old.shape)}", hint="re-check the mapping table")
-            if store is not None and e.target not in direct:
+            if store is not None:
                 tensor = store.put(tensor, old.dtype)
             setattr(module, pname, nn.Parameter(tensor, requires_grad=False))
-            del tensor
+            del tensor, parts
         if self.blueprint.tie_embeddings:
             model.lm_head.weight = model.tok_embedding.weight
         left = [n for n, p in model.named_parameters() if p.is_meta]
