@@ -403,7 +403,8 @@ def main() -> None:
     ap.add_argument("--cgroup-gib", type=float, default=0.0,
                     help="--shape: run the job's worker in a memory cgroup of this many GiB (made under the "
                          "benchmark's own cgroup, removed after): the kernel enforces the limit")
-    ap.add_argument("--shape", help=f"real shapes, comma-separated: {', '.join(SHAPES)} (ours only)")
+    ap.add_argument("--shape", help=f"real shapes, comma-separated: {', '.join(SHAPES)} (ours; with --only "
+                                    "export_hf, litert-torch's direct export instead, prefill 8,64, kv 1024)")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="the --shape checkpoint's dtype")
     ap.add_argument("--recipe", default="dynamic_int8")
     ap.add_argument("--prefill", default="8,64")
@@ -415,6 +416,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.shape and args.check_parts:
         check_parts(args.shape, args.dtype, args.check_parts, args.limit_gb)
+        return
+    if args.shape and args.only == "export_hf":  # litert-torch's direct export on a real shape: peak or kill point
+        rows = []
+        for n in args.shape.split(","):
+            folder = add_sample_tokenizer(shape_checkpoint(n, args.dtype))
+            r = measure(EXPORT_HF, folder, args.limit_gb)
+            rows.append({"shape": n, "dtype": args.dtype, "path": "export_hf", **r})
+            print(f"{n} {args.dtype} export_hf: {r['result']}, peak {r['peak'] / 1e9:.2f} GB, {r['seconds']:.0f} s", flush=True)
+        print(json.dumps(rows))
         return
     if args.shape:
         prefill = [int(x) for x in args.prefill.split(",")]
